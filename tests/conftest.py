@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny checkpoints are built once per test session (seconds on CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.build_tiny_model import write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+# Keep DeepSpeed's JIT builds and the frame cache inside the project.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A base Qwen2.5-VL-shaped random checkpoint (no latent tokens), as Qwen/Qwen2.5-VL-3B-Instruct."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny-base"), preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent(tmp_path_factory) -> Path:
+    """A DIFT-ready random checkpoint: latent tokens added, latent config fields (latent_size 4)."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny-latent"), preset="tiny", seed=0, latent=True)
+
+
+@pytest.fixture(autouse=True)
+def _frame_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOURDTHINKER_FRAME_CACHE", str(tmp_path / "frame_cache"))

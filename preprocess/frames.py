@@ -1,5 +1,6 @@
 """Getting pixels out of videos and image files: the frame-sampling rule, decoding, the on-disk frame
-cache, and the sizing rules. Training, evaluation, RL and inference all take their frames from here.
+cache, the sizing rules, and an ordered thread-pool prefetcher that prepares the frames of upcoming
+items while the model runs. Training, evaluation, RL and inference all take their frames from here.
 
 Rules (spec evaluation.md "Frames", model_and_dift.md section 2):
 - 1 fps: count = max(1, floor(duration_s * fps)); frame i at source index floor(i * source_fps / fps),
@@ -19,8 +20,11 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +197,14 @@ def decode_video_frames(path: str | os.PathLike, fps: float = FRAME_FPS) -> list
     raise VideoDecodeError(f"cannot decode {path} ({'; '.join(errors)})")
 
 
-def write_frames(frames: Sequence[np.ndarray], out_dir: str | os.PathLike, start: int = 0) -> list[Path]:
-    """Write frames as frame_%04d.jpg into `out_dir` atomically (a temp folder renamed into place)."""
+def write_frames(frames: Sequence[np.ndarray], out_dir: str | os.PathLike, start: int = 0,
+                 replace: bool = True) -> list[Path]:
+    """Write frames as frame_%04d.jpg into `out_dir` atomically (a temp folder renamed into place).
+
+    `replace=False` keeps a non-empty `out_dir` that another writer put in place meanwhile (the
+    frame cache: two processes extracting the same video produce the same files) instead of
+    deleting it under a reader's feet.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -202,8 +212,16 @@ def write_frames(frames: Sequence[np.ndarray], out_dir: str | os.PathLike, start
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"frame_{i + start:04d}.jpg", quality=JPEG_QUALITY)
         if out_dir.exists():
+            if not replace and any(out_dir.glob(FRAME_GLOB)):
+                shutil.rmtree(tmp)
+                return sorted(out_dir.glob(FRAME_GLOB))
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another writer renamed its folder into place first
+            if replace or not any(out_dir.glob(FRAME_GLOB)):
+                raise
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -233,12 +251,19 @@ class FrameCache:
     """Frames extracted once per (video path, size, mtime, fps) under `root/<key>/frame_%04d.jpg`.
 
     Frames always go through JPEG (as the original's extraction did), so the first run and every
-    cached run feed the model identical pixels. A second run does not decode again.
+    cached run feed the model identical pixels. A second run does not decode again. Safe to share
+    between threads (a video is decoded once even if several threads ask for it at the same time)
+    and between processes (folders appear by atomic rename; a finished one is never replaced).
+    `decoded` / `hits` count decodes and cache hits of this object.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, fps: float = FRAME_FPS):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.fps = fps
+        self.decoded = 0
+        self.hits = 0
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
 
     def key(self, video_path: str | os.PathLike) -> str:
         path = Path(video_path).resolve()
@@ -246,15 +271,26 @@ class FrameCache:
         raw = f"{path}|{st.st_size}|{st.st_mtime_ns}|{self.fps}"
         return f"{path.stem[:40]}-{hashlib.sha1(raw.encode()).hexdigest()[:16]}"
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
     def frame_paths(self, video_path: str | os.PathLike) -> list[Path]:
         """Cached frame files of a video, extracting them first if needed."""
         if not Path(video_path).is_file():
             raise FileNotFoundError(f"video not found: {video_path}")
-        folder = self.root / self.key(video_path)
-        files = sorted(folder.glob(FRAME_GLOB)) if folder.is_dir() else []
-        if files:
-            return files
-        return write_frames(decode_video_frames(video_path, self.fps), folder)
+        key = self.key(video_path)
+        folder = self.root / key
+        with self._key_lock(key):
+            files = sorted(folder.glob(FRAME_GLOB)) if folder.is_dir() else []
+            if files:
+                with self._lock:
+                    self.hits += 1
+                return files
+            frames = decode_video_frames(video_path, self.fps)
+            with self._lock:
+                self.decoded += 1
+            return write_frames(frames, folder, replace=False)
 
 
 def load_video_frames(video_path: str | os.PathLike, cache: FrameCache | None = None,
@@ -268,3 +304,53 @@ def load_frame_folder(image_dir: str | os.PathLike, max_frames: int = MAX_FRAMES
                       max_pixels: int = MAX_IMAGE_PIXELS) -> list[Image.Image]:
     """The frames the model sees for a folder of frame_*.jpg (already at 1 fps)."""
     return load_images(uniform_subsample(list_frame_files(image_dir), max_frames), max_pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefetching: prepare the frames of upcoming items while the model runs
+
+
+@dataclass
+class Prefetched:
+    """One item with what `fn(item)` returned, or the exception it raised."""
+
+    item: object
+    value: object = None
+    error: BaseException | None = None
+
+
+def prefetch_ordered(fn: Callable, items: Iterable, num_workers: int = 4,
+                     max_ahead: int | None = None) -> Iterator[Prefetched]:
+    """Run `fn` over `items` in a thread pool, at most `max_ahead` items ahead of the consumer,
+    and yield the results in input order (never in completion order, so what a consumer does
+    with item i cannot depend on thread timing). An exception of `fn` is yielded, not raised.
+
+    Decoding (PyAV, OpenCV) and JPEG reading release the GIL, so threads overlap with the model.
+    """
+    max_ahead = max_ahead or 2 * max(1, num_workers)
+    items = iter(items)
+    if num_workers <= 0:  # inline: same order, no threads
+        for item in items:
+            try:
+                yield Prefetched(item, fn(item))
+            except Exception as err:  # handed to the consumer, which decides (skip, count)
+                yield Prefetched(item, error=err)
+        return
+    pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="prefetch")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= max_ahead:
+                yield _collect(*pending.popleft())
+        while pending:
+            yield _collect(*pending.popleft())
+    finally:  # the consumer stopped early: drop the work not started yet
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _collect(item, future) -> Prefetched:
+    try:
+        return Prefetched(item, future.result())
+    except Exception as err:
+        return Prefetched(item, error=err)

@@ -1,0 +1,92 @@
+"""Per-sub-task aggregation of scored DSR results, the summary JSON and the printed table.
+
+Pure functions over result records (dicts with at least `hit` and `subtask_type`); scoring of one
+output lives in `evaluation.extraction`. Rules (spec evaluation.md "Sub-tasks", "Outputs"):
+- the 13 sub-task keys map to column names, in table order; keys are compared lower-cased and
+  stripped; a record of an unknown type counts in the overall accuracy only;
+- "Avg" is the macro average over the sub-tasks with at least one evaluated question (0 if none);
+- the table shows percent with 2 decimals, "N/A" for an empty sub-task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+# Sub-task key -> column name, in the table's order.
+SUBTASK_COLUMNS: dict[str, str] = {
+    "abs_dis": "Abs Dis",
+    "abs_dir": "Abs Dir",
+    "abs_ori": "Abs Ori",
+    "abs_spd": "Abs Spd",
+    "abs_spd_comp": "Abs Spd Comp",
+    "abs_dir_pred": "Abs Dir Pred",
+    "rel_dis": "Rel Dis",
+    "rel_dir": "Rel Dir",
+    "rel_ori": "Rel Ori",
+    "rel_spd": "Rel Spd",
+    "rel_spd_comp": "Rel Spd Comp",
+    "rel_dir_pred": "Rel Dir Pred",
+    "non_temp": "Non-Temp Based",
+}
+AVG_COLUMN = "Avg"
+COLUMNS_ORDER: tuple[str, ...] = (*SUBTASK_COLUMNS.values(), AVG_COLUMN)
+
+
+def subtask_column(subtask_type) -> str | None:
+    """The table column of a sub-task key (lower-cased, stripped), or None for an unknown type."""
+    if subtask_type is None:
+        return None
+    return SUBTASK_COLUMNS.get(str(subtask_type).strip().lower())
+
+
+def aggregate(records: Iterable[Mapping], total: int | None = None, skipped: int = 0) -> dict:
+    """The summary of evaluated records: overall and per-sub-task accuracy and the macro average.
+
+    `total` is the number of benchmark rows loaded (default: evaluated + skipped); `skipped` the
+    rows that were not evaluated (no video, frames failed). Keys and their order follow the
+    original's summary JSON.
+    """
+    correct = {name: 0 for name in SUBTASK_COLUMNS.values()}
+    counts = {name: 0 for name in SUBTASK_COLUMNS.values()}
+    eval_count = hits = 0
+    for record in records:
+        hit = int(record["hit"])
+        eval_count += 1
+        hits += hit
+        column = subtask_column(record.get("subtask_type"))
+        if column is not None:
+            counts[column] += 1
+            correct[column] += hit
+    per_task = {name: (correct[name] / counts[name] if counts[name] else None) for name in counts}
+    present = [acc for acc in per_task.values() if acc is not None]
+    return {
+        "total": eval_count + skipped if total is None else int(total),
+        "eval_count": eval_count,
+        "skipped": int(skipped),
+        "correct": hits,
+        "accuracy": hits / eval_count if eval_count else 0.0,
+        "subtask_accuracy": per_task,
+        "subtask_correct": correct,
+        "subtask_total": counts,
+        "subtask_macro_avg": sum(present) / len(present) if present else 0.0,
+        "subtask_columns_order": list(COLUMNS_ORDER),
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "N/A" if value is None else f"{value * 100:.2f}"
+
+
+def format_table(summary: Mapping) -> str:
+    """Two tab-separated lines (column names, then percentages), ready to paste into a sheet."""
+    values = dict(summary["subtask_accuracy"])
+    values[AVG_COLUMN] = summary["subtask_macro_avg"]
+    columns = summary.get("subtask_columns_order", COLUMNS_ORDER)
+    return "\t".join(columns) + "\n" + "\t".join(_percent(values.get(c)) for c in columns)
+
+
+def format_report(summary: Mapping) -> str:
+    """The overall accuracy line, the counts, and the sub-task table."""
+    return (f"Overall accuracy: {_percent(summary['accuracy'])}% "
+            f"({summary['correct']}/{summary['eval_count']}; {summary['skipped']} skipped of {summary['total']})\n"
+            + format_table(summary))

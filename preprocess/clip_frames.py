@@ -1,0 +1,108 @@
+"""Step `frames`: the annotated frames of each SpatialVID clip, with their real times.
+
+In:  INPUT/videos/<group>/<id>.mp4 and INPUT/annotations/<group>/<id>/{indexes.txt, instructions.json, caption.json}
+Out: OUT/clips/<id>/frames/frame_%04d.jpg (source resolution, numbered 0..N-1 in indexes.txt order)
+     OUT/clips/<id>/clip.json
+A clip whose indexes.txt lists no frame or more than MAX_FRAMES (50), or whose frames cannot be
+decoded, fails with that reason.
+
+Time axis: frame n's time is its source video frame index (indexes.txt's second column) divided by
+the video's frame rate, not "frame n = n seconds" as the original assumed. Camera segments
+"a->b" in instructions.json are read as indexes.txt sequence numbers (as the original did, which
+looked up frame_{a:04d}) and stored with the frame numbers and times of both ends.
+
+    python -m preprocess frames --input data/SpatialVID --out data/engine --workers 4
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .frames import MAX_FRAMES, write_frames
+from .layout import ClipPaths, frame_file_name, write_json_atomic
+from .runner import ClipFailure, StepArguments, parse_args, run_step, setup_logging
+from .spatialvid import (
+    SourceClip,
+    decode_frames_at,
+    list_source_clips,
+    read_indexes,
+    read_instructions,
+    read_scene_summary,
+)
+
+log = logging.getLogger(__name__)
+STEP = "frames"
+
+
+@dataclass
+class FramesArguments(StepArguments):
+    input: str = field(default="", metadata={"help": "SpatialVID root (videos/ and annotations/)."})
+    max_frames: int = field(default=MAX_FRAMES, metadata={"help": "Clips listing more annotated frames fail."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.input:
+            raise ValueError("--input (the SpatialVID root) is required")
+
+
+def extract_clip(source: SourceClip, out_root: Path, max_frames: int = MAX_FRAMES) -> dict:
+    """Write one clip's frames and clip.json; ClipFailure with the reason if it cannot."""
+    pairs = read_indexes(source.indexes_path)
+    if not pairs:
+        raise ClipFailure(f"{source.indexes_path}: no frames listed")
+    if len(pairs) > max_frames:
+        raise ClipFailure(f"{source.indexes_path}: {len(pairs)} frames listed, more than {max_frames}")
+    segments_raw = read_instructions(source.instructions_path)
+    decoded, fps = decode_frames_at(source.video_path, [index for _, index in pairs])
+    kept = [(seq, index) for seq, index in pairs if index in decoded]
+    if not kept:
+        raise ClipFailure(f"{source.video_path}: none of the {len(pairs)} listed frames could be decoded")
+    if len(kept) < len(pairs):  # unreadable frames are skipped, as in the original
+        log.warning("%s: %d of %d listed frames could not be decoded", source.video_id, len(pairs) - len(kept), len(pairs))
+
+    paths = ClipPaths(out_root, source.video_id)
+    write_frames([decoded[index] for _, index in kept], paths.frames_dir)
+    frames = [{"file": frame_file_name(n), "seq": seq, "source_index": index, "time_s": round(index / fps, 3)}
+              for n, (seq, index) in enumerate(kept)]
+    number_of_seq = {f["seq"]: n for n, f in enumerate(frames)}
+    segments = []
+    for seg in segments_raw:
+        a, b = number_of_seq.get(seg.start_seq), number_of_seq.get(seg.end_seq)
+        if a is None or b is None:
+            log.info("%s: segment %s dropped (an end frame is not among the extracted frames)", source.video_id, seg.key)
+            continue
+        segments.append({"key": seg.key, "start_frame": a, "end_frame": b, "start_time_s": frames[a]["time_s"],
+                         "end_time_s": frames[b]["time_s"], "moves": list(seg.moves)})
+    write_json_atomic(paths.clip_json, {
+        "video_id": source.video_id, "group": source.group, "source_video": str(source.video_path),
+        "source_fps": fps, "width": int(decoded[kept[0][1]].shape[1]), "height": int(decoded[kept[0][1]].shape[0]),
+        "frames": frames, "segments": segments, "scene_summary": read_scene_summary(source.caption_path),
+    })
+    return {"frames": len(frames), "segments": len(segments)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(FramesArguments, argv)
+    setup_logging(args.log_level)
+    out_root = Path(args.out)
+    sources: dict[str, SourceClip] = {}
+    duplicates: dict[str, str] = {}
+    for src in list_source_clips(args.input):
+        if src.video_id in sources:  # ids name the clip folders, so they must be unique
+            duplicates[src.video_id] = f"video id also in group {sources[src.video_id].group}"
+        else:
+            sources[src.video_id] = src
+
+    def process(clip_id: str) -> dict:
+        if clip_id in duplicates:
+            raise ClipFailure(duplicates[clip_id])
+        return extract_clip(sources[clip_id], out_root, args.max_frames)
+
+    run_step(out_root, STEP, args.select(sorted(sources)), process, args.workers, args.retry_failed)
+    return 0  # failed clips are recorded in state/frames/failed.jsonl, not an error of the run
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

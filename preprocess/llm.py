@@ -1,0 +1,185 @@
+"""Talking to an OpenAI-compatible chat LLM: the client, retries, images as data URLs, JSON replies.
+
+In: a base URL, an API key and a model name (flags, else OPENAI_BASE_URL / OPENAI_API_KEY).
+Out: validated replies. Two kinds of failure are kept apart:
+- the service is unavailable (HTTP 429, 5xx, timeouts, connection errors): retried with exponential
+  backoff (honouring Retry-After), then `LLMUnavailable`; the step records the clip as failed so
+  a later run (`--retry_failed`) can do it again;
+- the reply is unusable (not JSON, missing or invalid fields, a chain of thought that fails
+  validation): asked again up to `tries` times, then `LLMReplyError`; the caller falls back or
+  skips the item, as the original did.
+The API key is never logged (runner.setup_logging redacts it from every record as well).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRACE_HEADER = "X-Trace-Id"  # "<clip id>/<task>": lets logs (and the loopback server) tell calls apart
+_RETRYABLE_STATUS = {408, 409, 429}
+
+
+class LLMUnavailable(RuntimeError):
+    """The service kept failing (429, 5xx, timeouts) after every retry."""
+
+
+class LLMReplyError(RuntimeError):
+    """Every reply was unusable (invalid JSON, missing fields, failed validation)."""
+
+
+class ReplyInvalid(ValueError):
+    """One reply is unusable; the message says why (raised by parse/validate functions)."""
+
+
+@dataclass
+class LLMArguments:
+    """The LLM flags every LLM-using step shares."""
+
+    llm_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: $OPENAI_BASE_URL)."})
+    llm_api_key: str | None = field(default=None, metadata={"help": "API key (default: $OPENAI_API_KEY; prefer the variable, flags show in `ps`)."})
+    llm_model: str = field(default="gpt-4.1", metadata={"help": "Model name sent to the service (one model: no rotation)."})
+    llm_timeout: float = field(default=120.0, metadata={"help": "Seconds before a request counts as timed out."})
+    llm_retries: int = field(default=5, metadata={"help": "Retries of a request on 429, 5xx, timeouts and connection errors."})
+    llm_backoff: float = field(default=1.0, metadata={"help": "First retry delay in seconds (doubles each retry, at most 60)."})
+    llm_tries: int = field(default=3, metadata={"help": "Requests per short call whose replies are invalid (JSON, fields)."})
+    llm_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: as reproducible as the service allows)."})
+    llm_max_tokens: int = field(default=1024, metadata={"help": "Max tokens of a short (JSON) reply."})
+
+
+def image_data_url(image: str | Path | Image.Image | np.ndarray) -> str:
+    """A base64 JPEG data URL; a .jpg file is sent as its own bytes (no re-encoding)."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            data = path.read_bytes()
+        else:
+            with Image.open(path) as img:
+                return image_data_url(img.convert("RGB"))
+    else:
+        img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=90)
+        data = buf.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def image_part(image) -> dict:
+    return {"type": "image_url", "image_url": {"url": image_data_url(image)}}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def extract_json(text: str) -> dict:
+    """The JSON object in a reply (inside a ```json fence if there is one); ReplyInvalid otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyInvalid("empty reply")
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S | re.I)
+    body = fence.group(1) if fence else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        raise ReplyInvalid(f"no JSON object in reply: {text[:80]!r}")
+    try:
+        obj = json.loads(body[start:end + 1])
+    except json.JSONDecodeError as err:
+        raise ReplyInvalid(f"invalid JSON ({err.msg}): {text[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise ReplyInvalid("the JSON reply is not an object")
+    return obj
+
+
+def require_fields(obj: dict, *names: str) -> None:
+    missing = [n for n in names if n not in obj]
+    if missing:
+        raise ReplyInvalid(f"missing field(s) {', '.join(missing)} in {json.dumps(obj)[:120]}")
+
+
+class LLMClient:
+    """A thread-safe chat client (one per step; worker threads share it: concurrent requests)."""
+
+    def __init__(self, args: LLMArguments):
+        import openai
+
+        self.args = args
+        base_url = args.llm_base_url or os.environ.get("OPENAI_BASE_URL")
+        api_key = args.llm_api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            raise ValueError("no API key: set OPENAI_API_KEY (or --llm_api_key)")
+        self.secret = api_key
+        self._openai = openai
+        # max_retries=0: the retry loop below owns retries, so one policy covers every error kind
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=args.llm_timeout, max_retries=0)
+        log.info("LLM: model %s at %s", args.llm_model, base_url or "the default OpenAI endpoint")
+
+    def _delay(self, attempt: int, err) -> float:
+        retry_after = None
+        response = getattr(err, "response", None)
+        if response is not None:
+            try:
+                retry_after = float(response.headers.get("retry-after", ""))
+            except (TypeError, ValueError):
+                retry_after = None
+        if retry_after is not None and 0 <= retry_after <= 60:
+            return retry_after
+        base = self.args.llm_backoff * (2 ** attempt)
+        return min(60.0, base * (1 + 0.25 * random.random()))  # jitter spreads concurrent retries
+
+    def complete(self, content: Sequence[dict], trace: str, max_tokens: int | None = None) -> str:
+        """One user message -> the reply text, retrying transient failures."""
+        openai = self._openai
+        messages = [{"role": "user", "content": list(content)}]
+        last, last_err = None, None
+        for attempt in range(self.args.llm_retries + 1):
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.args.llm_model, messages=messages, temperature=self.args.llm_temperature,
+                    max_tokens=max_tokens or self.args.llm_max_tokens, extra_headers={TRACE_HEADER: trace})
+                text = resp.choices[0].message.content if resp.choices else None
+                return text or ""
+            except (openai.APITimeoutError, openai.APIConnectionError) as err:
+                last, last_err = type(err).__name__, err
+            except openai.APIStatusError as err:
+                if err.status_code not in _RETRYABLE_STATUS and err.status_code < 500:
+                    raise LLMUnavailable(f"{trace}: HTTP {err.status_code} (not retried): {str(err)[:200]}") from None
+                last, last_err = f"HTTP {err.status_code}", err
+            if attempt < self.args.llm_retries:
+                delay = self._delay(attempt, last_err)
+                log.info("%s: %s, retry %d/%d in %.1fs", trace, last, attempt + 1, self.args.llm_retries, delay)
+                time.sleep(delay)
+        raise LLMUnavailable(f"{trace}: {last} after {self.args.llm_retries + 1} attempts")
+
+    def ask(self, content: Sequence[dict], parse: Callable[[str], T], trace: str, tries: int | None = None,
+            max_tokens: int | None = None) -> T:
+        """Ask until `parse(reply)` accepts a reply (it raises ReplyInvalid otherwise)."""
+        tries = tries or self.args.llm_tries
+        reason = ""
+        for attempt in range(tries):
+            text = self.complete(content, f"{trace}/{attempt}", max_tokens)
+            try:
+                return parse(text)
+            except ReplyInvalid as err:
+                reason = str(err)
+                log.info("%s: unusable reply (try %d/%d): %s", trace, attempt + 1, tries, reason)
+        raise LLMReplyError(f"{trace}: no usable reply in {tries} tries (last: {reason})")
+
+    def ask_json(self, content: Sequence[dict], validate: Callable[[dict], T], trace: str, **kw) -> T:
+        """Ask for a JSON object and validate it (validate raises ReplyInvalid)."""
+        return self.ask(content, lambda text: validate(extract_json(text)), trace, **kw)

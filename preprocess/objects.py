@@ -1,0 +1,104 @@
+"""Step `objects`: an LLM names one clearly moving and one static object of each clip.
+
+In:  OUT/clips/<id>/frames/ (clips the `frames` step completed)
+Out: OUT/clips/<id>/objects.json {"dynamic_object": str | null, "static_object": str | null}
+At most 10 frames (integer linspace) go to the LLM as base64 JPEG data URLs after one text part.
+The reply must be a JSON object with both fields (string, or null / "null" in any case for none).
+An unusable reply after `--llm_tries` requests, or a service that keeps failing, fails the clip
+with the reason (the original silently recorded "no objects" instead).
+
+    OPENAI_BASE_URL=... OPENAI_API_KEY=... python -m preprocess objects --out data/engine
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .frames import list_frame_files
+from .layout import ClipPaths, write_json_atomic
+from .llm import (
+    LLMArguments,
+    LLMClient,
+    LLMReplyError,
+    LLMUnavailable,
+    ReplyInvalid,
+    image_part,
+    require_fields,
+    text_part,
+)
+from .runner import ClipFailure, StepArguments, clips_completed_by, parse_args, run_step, setup_logging
+
+log = logging.getLogger(__name__)
+STEP = "objects"
+TASK = "objects"
+MAX_LLM_FRAMES = 10
+
+PROMPT = (
+    "These are {n} frames of one video, in time order. Name two objects visible in ALL frames:\n"
+    "1. dynamic_object: one object that is clearly moving (itself, not because the camera moves);\n"
+    "2. static_object: one object that does not move in the scene (a good reference for camera motion).\n"
+    "Both must be prominent. Give each a short label of 3-8 words with its colour or shape, usable as a "
+    "segmentation prompt (e.g. \"red car on the left\"). Use null when there is no such object.\n"
+    'Answer with ONLY a JSON object: {{"dynamic_object": "..." or null, "static_object": "..." or null}}'
+)
+
+
+@dataclass
+class ObjectsArguments(StepArguments, LLMArguments):
+    pass
+
+
+def sample_for_llm(files: list, limit: int = MAX_LLM_FRAMES) -> list:
+    """At most `limit` items at integer linspace positions (first and last included)."""
+    if len(files) <= limit:
+        return list(files)
+    return [files[int(i)] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+
+
+def object_label(value) -> str | None:
+    """A usable label, or None for null / "null" / "none" / empty (any case)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ReplyInvalid(f"object label must be a string or null, got {type(value).__name__}")
+    label = " ".join(value.split()).strip(" .\"'")
+    return None if label.lower() in ("", "null", "none", "n/a") else label
+
+
+def parse_objects(obj: dict) -> dict:
+    require_fields(obj, "dynamic_object", "static_object")
+    return {"dynamic_object": object_label(obj["dynamic_object"]), "static_object": object_label(obj["static_object"])}
+
+
+def name_objects(llm: LLMClient, clip_id: str, frames_dir: Path) -> dict:
+    files = sample_for_llm(list_frame_files(frames_dir))
+    content = [text_part(PROMPT.format(n=len(files)))] + [image_part(f) for f in files]
+    return llm.ask_json(content, parse_objects, trace=f"{clip_id}/{TASK}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(ObjectsArguments, argv)
+    setup_logging(args.log_level, [args.llm_api_key or ""])
+    out_root = Path(args.out)
+    llm = LLMClient(args)
+
+    def process(clip_id: str) -> dict:
+        paths = ClipPaths(out_root, clip_id)
+        try:
+            objects = name_objects(llm, clip_id, paths.frames_dir)
+        except (LLMReplyError, LLMUnavailable) as err:
+            raise ClipFailure(str(err)) from None
+        write_json_atomic(paths.objects_json, objects)
+        return {"with_dynamic": int(objects["dynamic_object"] is not None),
+                "with_static": int(objects["static_object"] is not None)}
+
+    run_step(out_root, STEP, args.select(clips_completed_by(out_root, "frames")), process, args.workers, args.retry_failed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Demo stage: DSR evaluation on the synthetic benchmark (13 sub-task types, one corrupt and one
+# missing video, which are skipped and counted), then rescoring of the results file.
+# Env from demo.sh: PY, WORK; DIFT_MODEL = the checkpoint to evaluate (default: a tiny latent
+# checkpoint built into $WORK/tiny-latent).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PY:-$ROOT/.venv/bin/python}"
+WORK="${WORK:-$ROOT/.cache/demo}"
+MODEL="${DIFT_MODEL:-}"
+if [[ -z "$MODEL" ]]; then
+  MODEL="$WORK/tiny-latent"
+  [[ -f "$MODEL/config.json" ]] || "$PY" scripts/build_tiny_model.py --out "$MODEL" --latent
+fi
+EVAL="$WORK/eval"
+"$PY" scripts/make_demo_benchmark.py --out "$EVAL/bench" --per_type 2 --seed 0 --missing 1 --corrupt 1
+# A fresh results file each demo run (rerunning with the same --output_file resumes instead).
+rm -f "$EVAL"/results/dsr_eval_demo*
+"$PY" -m evaluation.dsr_eval --model_path "$MODEL" --benchmark_path "$EVAL/bench/benchmark.parquet" \
+  --video_root "$EVAL/bench/videos" --output_file "$EVAL/results/dsr_eval_demo.jsonl" \
+  --max_new_tokens 16 --batch_size 8 --num_workers 2
+"$PY" -m evaluation.rescore "$EVAL/results/dsr_eval_demo.jsonl"
+echo "evaluation results: $EVAL/results/dsr_eval_demo.jsonl (+ _summary.json, _rescored_summary.json)"

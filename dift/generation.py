@@ -1,0 +1,386 @@
+"""Latent-aware batched generation: the one sampling loop that inference, evaluation and RL rollouts
+share (spec model_and_dift.md section 5, "Our rule (decided)").
+
+The model imagines by feeding its own last hidden state back as the next input. Each row of a batch
+carries its own latent state: a row that emits `<|latent_start|>` embeds it normally at the next
+step, then for K = `latent_size` steps is fed the last-layer post-norm hidden state of the position
+before (emitting `<|latent_pad|>`), then `<|latent_end|>` is forced and normal decoding resumes.
+Tokens sampled inside a block are discarded. Rows outside a block decode normally in the same step.
+
+The loop reads top to bottom: prefill the left-padded prompts into a KV cache, then per step
+choose one token per row, record it, drop finished rows (from the batch and the cache), build the
+next input (token embedding, or the fed-back hidden state) and run one cached forward. Per-row
+state lives in tensors; the only per-row Python work is drawing from each row's own
+`torch.Generator` (drawn once, before the loop), so a row's output depends on its prompt and seed
+alone, never on its batch.
+
+Every sampling field is explicit (`SamplingConfig`): the checkpoint's generation_config.json
+(temperature 0.1, top-k 1, repetition penalty 1.05 in Qwen2.5-VL's) is never consulted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from .conversation import render_generation_prompt
+from .inputs import encode_batch
+from .model import mm_token_type_ids_from_ids
+from .tokens import IM_END, IM_START, LatentTokenIds
+
+log = logging.getLogger(__name__)
+
+LATENT_ABLATIONS = ("none", "zero", "noise")
+# Vision inputs of a processor batch that the prefill forward takes.
+NUCLEUS_CANDIDATES = 1024  # top-p sampling looks for the nucleus among this many most likely tokens first
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are chosen. Every field is explicit: generation_config.json is never consulted."""
+
+    max_new_tokens: int = 1024
+    do_sample: bool = True  # False = greedy
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} (use do_sample=False for greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The T of the reported log-probs log_softmax(logits / T): the sampling temperature, 1 when greedy."""
+        return float(self.temperature) if self.do_sample else 1.0
+
+
+@dataclass
+class GenerationResult:
+    """One row's output."""
+
+    token_ids: list[int]  # generated ids only (no prompt); ends with <|im_end|> if the row finished
+    latent_vectors: torch.Tensor  # (n_latent_pads, hidden) float32 on CPU: the vector fed at each <|latent_pad|>
+    logprobs: torch.Tensor  # (len(token_ids),) float32: log_softmax(logits / T)[emitted id], forced ones included
+    finished: bool  # emitted <|im_end|> before max_new_tokens
+    text: str = ""  # decode_answer_text(...) of token_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop (all but the first are pure tensor functions)
+
+
+def prompt_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE positions of a padded prompt batch, (3, B, T), and each row's next position, (B,).
+
+    Generated tokens continue from the row's largest prompt position + 1 on all three axes (what
+    upstream generation does through `rope_deltas`); replay uses this same rule.
+    """
+    input_ids = inputs["input_ids"]
+
+    def on_device(key):
+        value = inputs.get(key)
+        return None if value is None else value.to(input_ids.device)
+
+    mm_types = on_device("mm_token_type_ids")
+    if mm_types is None:
+        mm_types = mm_token_type_ids_from_ids(input_ids, model.config)
+    positions, _ = model.model.get_rope_index(
+        input_ids, mm_types, image_grid_thw=on_device("image_grid_thw"), video_grid_thw=on_device("video_grid_thw"),
+        second_per_grid_ts=on_device("second_per_grid_ts"), attention_mask=on_device("attention_mask"))
+    return positions, positions.amax(dim=(0, 2)) + 1
+
+
+def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty as transformers applies it: seen tokens' positive logits divided, negative multiplied."""
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalized, scores)
+
+
+def filter_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    if top_k <= 0 or top_k >= scores.shape[-1]:
+        return scores
+    kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def _draw_from_sorted(sorted_probs: torch.Tensor, order: torch.Tensor, uniforms: torch.Tensor,
+                      top_p: float) -> torch.Tensor:
+    """Inverse-CDF draw from probabilities sorted descending (`order`: their token ids), nucleus only."""
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    kept = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    cdf = kept.cumsum(dim=-1)
+    target = uniforms.to(cdf) * cdf[:, -1]
+    index = torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
+    return order.gather(-1, index)[:, 0]
+
+
+def sample_from_scores(scores: torch.Tensor, uniforms: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
+    """One token per row from softmax(scores) restricted to the top-p nucleus, by inverse CDF.
+
+    `uniforms` (B,) in [0, 1) are drawn from each row's own generator, so this batched draw picks
+    exactly the token a one-row call would. The nucleus is the smallest set of most likely tokens
+    whose mass reaches top_p (the most likely token always stays).
+    """
+    probs = torch.softmax(scores.float(), dim=-1)
+    if top_p >= 1.0:
+        cdf = probs.cumsum(dim=-1)
+        target = uniforms.to(cdf) * cdf[:, -1]
+        return torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
+    # A trained model's nucleus is usually small: the top candidates (a partial selection, far cheaper
+    # than sorting the vocabulary every step) hold it whenever their mass reaches top_p. Rows where
+    # they do not are sorted in full. Each row's path depends on its own probabilities only.
+    top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    covered = top.sum(dim=-1) >= top_p
+    if bool(covered.all()):
+        return _draw_from_sorted(top, order, uniforms, top_p)
+    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    if bool(covered.any()):
+        tokens[covered] = _draw_from_sorted(top[covered], order[covered], uniforms[covered], top_p)
+    rest = ~covered
+    full, full_order = torch.sort(probs[rest], dim=-1, descending=True)
+    tokens[rest] = _draw_from_sorted(full, full_order, uniforms[rest], top_p)
+    return tokens
+
+
+def matched_norm_noise(hidden: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Gaussian noise rescaled to the norm of each row of `hidden`, drawn from each row's generator."""
+    noise = torch.stack([torch.randn(hidden.shape[-1], generator=g, device=hidden.device, dtype=torch.float32)
+                         for g in generators])
+    scale = hidden.float().norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
+    return (noise * scale).to(hidden.dtype)
+
+
+def decode_answer_text(tokenizer, token_ids: Sequence[int]) -> str:
+    """The assistant text of a generation (spec evaluation.md extraction step 1): decoded with special
+    tokens kept, the text after the last `<|im_start|>assistant` (the prompt ends with one, so this
+    is the whole generation unless the model opened another turn), cut at the first `<|im_end|>`, stripped."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text.split(f"{IM_START}assistant")[-1].split(IM_END)[0].strip()
+
+
+def _row_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _check_left_padded(attention_mask: torch.Tensor) -> None:
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("generate_with_latents needs a LEFT-padded batch: encode_batch(..., padding_side='left')")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.no_grad()
+def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size: int, sampling: SamplingConfig,
+                          seeds: Sequence[int] | None = None, latent_ablation: str = "none", progress: bool = False,
+                          tokenizer=None,
+                          logits_processor: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                          ) -> list[GenerationResult]:
+    """Generate from a left-padded prompt batch (`dift.inputs.encode_batch(..., padding_side="left")`).
+
+    seeds: one per row; each row samples from its own generator (default: drawn from torch's global
+    RNG). latent_ablation: "none" | "zero" (zeros fed in latent blocks) | "noise" (Gaussian noise
+    with the norm of the hidden state it replaces, from the row's generator). tokenizer: fills
+    `GenerationResult.text`. logits_processor(step, rows, scores) -> scores: changes what the
+    sampler sees (rows = the batch indices of the active rows); reported log-probs stay the model's.
+    """
+    if latent_ablation not in LATENT_ABLATIONS:
+        raise ValueError(f"latent_ablation must be one of {LATENT_ABLATIONS}, got {latent_ablation!r}")
+    if latent_size < 1:
+        raise ValueError(f"latent_size must be >= 1, got {latent_size}")
+    device = model.device
+    input_ids = inputs["input_ids"].to(device)
+    attention_mask = inputs["attention_mask"].to(device)
+    _check_left_padded(attention_mask)
+    batch_size = input_ids.shape[0]
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
+    if len(seeds) != batch_size:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch_size} rows")
+    max_new = sampling.max_new_tokens
+    temperature = sampling.logprob_temperature
+    hidden_size = model.config.get_text_config().hidden_size
+    generators = (_row_generators(seeds, device)
+                  if sampling.do_sample or latent_ablation == "noise" else [None] * batch_size)
+
+    # Outputs, indexed by original row; a row that is still active at step s has emitted s tokens.
+    out_tokens = torch.full((batch_size, max_new), token_ids.text_pad, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((batch_size, max_new), dtype=torch.float32, device=device)
+    out_length = torch.zeros(batch_size, dtype=torch.long, device=device)
+    fed_rows, fed_vectors = [], []  # per latent step: which rows were fed, and what
+    if max_new == 0:
+        return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, token_ids, tokenizer)
+
+    # Prefill: the whole prompt batch (vision included) into the KV cache.
+    positions, next_position = prompt_positions(model, {**inputs, "input_ids": input_ids,
+                                                        "attention_mask": attention_mask})
+    cache = DynamicCache(config=model.config.get_text_config())
+    vision = {k: inputs[k].to(device) for k in VISION_KEYS if inputs.get(k) is not None}
+    mm_types = inputs.get("mm_token_type_ids")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
+                use_cache=True, logits_to_keep=1,
+                mm_token_type_ids=None if mm_types is None else mm_types.to(device), **vision)
+    logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
+
+    # Per-row state, for the active rows only (rows[i] is the original index of active row i).
+    rows = torch.arange(batch_size, device=device)
+    pads_left = torch.zeros(batch_size, dtype=torch.long, device=device)  # pads still to emit in the block
+    end_due = torch.zeros(batch_size, dtype=torch.bool, device=device)  # next token is a forced <|latent_end|>
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros((batch_size, logits.shape[-1]), dtype=torch.bool, device=device)
+        b, t = attention_mask.nonzero(as_tuple=True)  # the prompt's own tokens, not its padding
+        seen[b, input_ids[b, t]] = True
+    # Each row's draws for the whole generation come from its own generator up front: no per-row
+    # work in the loop, and a row's samples depend on its seed alone.
+    uniforms = (torch.stack([torch.rand(max_new, generator=g, device=device) for g in generators])
+                if sampling.do_sample else None)
+    embed = model.get_input_embeddings()
+
+    for step in tqdm(range(max_new), desc="generating", unit="tok", disable=not progress, leave=False):
+        # 1. Choose each row's next token: forced inside a block, sampled outside.
+        scores = logits.float()
+        if seen is not None:
+            scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+        if logits_processor is not None:
+            scores = logits_processor(step, rows, scores)
+        if sampling.do_sample:
+            scores = filter_top_k(scores / sampling.temperature, sampling.top_k)
+            sampled = sample_from_scores(scores, uniforms[rows, step], sampling.top_p)
+        else:
+            sampled = scores.argmax(dim=-1)
+        in_pads = pads_left > 0
+        token = torch.where(end_due, token_ids.end, torch.where(in_pads, token_ids.pad, sampled))
+
+        # 2. Record it, with its log-prob under the model's own (temperature-scaled) distribution.
+        # (log_softmax is one fused pass on CPU; torch.logsumexp is several.)
+        scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+        logprob = torch.log_softmax(scaled, dim=-1).gather(-1, token[:, None])[:, 0]
+        out_tokens[rows, step] = token
+        out_logprobs[rows, step] = logprob
+        out_length[rows] = step + 1
+        if seen is not None:
+            seen[torch.arange(rows.numel(), device=device), token] = True
+
+        # 3. Advance the latent state: a sampled start opens a block of exactly latent_size pads.
+        opens = ~in_pads & ~end_due & (token == token_ids.start)
+        end_due = in_pads & (pads_left == 1)
+        pads_left = torch.where(in_pads, pads_left - 1, torch.where(opens, latent_size, 0))
+
+        # 4. Inside a block, the input at the new pad is the hidden state of the position before it
+        #    (recorded even at the last step: replay needs a vector for every emitted pad).
+        fed = None
+        if bool(in_pads.any()):
+            fed = hidden
+            if latent_ablation == "zero":
+                fed = torch.zeros_like(hidden)
+            elif latent_ablation == "noise":
+                fed = hidden.clone()
+                idx = in_pads.nonzero()[:, 0]
+                fed[idx] = matched_norm_noise(hidden[idx], [generators[r] for r in rows[idx].tolist()])
+            fed_rows.append(rows[in_pads])
+            fed_vectors.append(fed[in_pads])
+
+        # 5. Drop finished rows (from the batch and the cache): they cost nothing from here on.
+        done = token == token_ids.im_end
+        if step == max_new - 1:
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero()[:, 0]
+            if keep.numel() == 0:
+                break
+            rows, pads_left, end_due, token = rows[keep], pads_left[keep], end_due[keep], token[keep]
+            in_pads, next_position = in_pads[keep], next_position[keep]
+            fed = None if fed is None else fed[keep]
+            attention_mask = attention_mask[keep]
+            seen = None if seen is None else seen[keep]
+            cache.batch_select_indices(keep)
+
+        # 6. Next input: the token's embedding, or the fed vector inside a block.
+        inputs_embeds = embed(token)
+        if fed is not None:
+            inputs_embeds = torch.where(in_pads[:, None], fed.to(inputs_embeds.dtype), inputs_embeds)
+
+        # 7. One cached forward; every new position is the row's previous one + 1 on all three axes.
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((rows.numel(), 1))], dim=1)
+        position_ids = next_position.view(1, -1, 1).expand(3, -1, 1)
+        out = model(input_ids=token[:, None], inputs_embeds=inputs_embeds[:, None], attention_mask=attention_mask,
+                    position_ids=position_ids, cache=cache, use_cache=True)
+        logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
+        next_position = next_position + 1
+
+    return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, token_ids, tokenizer)
+
+
+def _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size: int,
+             token_ids: LatentTokenIds, tokenizer) -> list[GenerationResult]:
+    """Per-row results from the loop's batch buffers (one device->CPU copy per buffer)."""
+    tokens, logprobs, lengths = out_tokens.cpu(), out_logprobs.cpu(), out_length.cpu().tolist()
+    if fed_rows:
+        owner = torch.cat(fed_rows).cpu()
+        vectors = torch.cat(fed_vectors).float().cpu()
+        # Steps were appended in order, so a stable sort by row keeps each row's vectors in pad order.
+        order = torch.sort(owner, stable=True).indices
+        owner, vectors = owner[order], vectors[order]
+        counts = torch.bincount(owner, minlength=len(lengths)).tolist()
+        per_row = list(torch.split(vectors, counts))
+    else:
+        per_row = [torch.zeros((0, hidden_size)) for _ in lengths]
+    results = []
+    for i, n in enumerate(lengths):
+        ids = tokens[i, :n].tolist()
+        finished = bool(n) and ids[-1] == token_ids.im_end
+        text = decode_answer_text(tokenizer, ids) if tokenizer is not None else ""
+        results.append(GenerationResult(token_ids=ids, latent_vectors=per_row[i], logprobs=logprobs[i, :n].clone(),
+                                        finished=finished, text=text))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions in, answers out (evaluation and inference)
+
+
+@dataclass
+class Question:
+    visual: list[Image.Image] | Image.Image  # video frames (already at 1 fps, <= 50) or one image
+    question: str  # with options, WITHOUT the output-format suffix
+    seed: int = 42
+
+
+def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingConfig, batch_size: int = 8,
+                     latent_ablation: str = "none", progress: bool = True) -> Iterator[tuple[int, GenerationResult]]:
+    """Answer `questions` with a loaded DIFT model (`dift.checkpoint.LoadedModel`) in batches of
+    `batch_size`; yields (question index, result) in input order as each batch finishes."""
+    processor = loaded.processor
+    bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not progress)
+    try:
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            texts = [render_generation_prompt(processor, q.visual, q.question) for q in chunk]
+            inputs = encode_batch(processor, texts, [q.visual for q in chunk], padding_side="left")
+            results = generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size,
+                                            sampling, seeds=[q.seed for q in chunk], latent_ablation=latent_ablation,
+                                            tokenizer=processor.tokenizer)
+            for offset, result in enumerate(results):
+                yield start + offset, result
+            bar.update(len(chunk))
+    finally:
+        bar.close()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Demo stage: single-video inference with latent-aware generation, on a synthetic clip (as a video
+# file, then as a folder of frames). The batched-generation benchmark is scripts/bench_generate.py.
+# Env from demo.sh: PY, WORK; DIFT_MODEL = the checkpoint to ask (default: a tiny latent checkpoint
+# built into $WORK/tiny-latent).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PY:-$ROOT/.venv/bin/python}"
+WORK="${WORK:-$ROOT/.cache/demo}"
+MODEL="${DIFT_MODEL:-}"
+if [[ -z "$MODEL" ]]; then
+  MODEL="$WORK/tiny-latent"
+  [[ -f "$MODEL/config.json" ]] || "$PY" scripts/build_tiny_model.py --out "$MODEL" --latent
+fi
+INF="$WORK/inference"
+mkdir -p "$INF"
+"$PY" - "$INF" <<'PYEOF'
+import sys
+from pathlib import Path
+
+from scripts.synthetic_media import moving_square_frames, write_mp4
+
+out = Path(sys.argv[1])
+frames = moving_square_frames(8, width=112, height=112, direction="right")
+write_mp4(out / "square_right.mp4", frames, fps=2)  # 4 s: 4 frames at 1 fps
+(out / "frames").mkdir(exist_ok=True)
+for i, frame in enumerate(frames[::2]):
+    frame.save(out / "frames" / f"frame_{i:04d}.jpg")
+PYEOF
+QUESTION=$'In which direction does the red square move?\n\nA. Left\nB. Right\nC. Up\nD. Down'
+echo "--- sampled, from the video file"
+"$PY" -m dift.inference --model_path "$MODEL" --video "$INF/square_right.mp4" --question "$QUESTION" \
+  --cache_dir "$WORK/cache" --max_new_tokens 32 --seed 42
+echo "--- greedy, from a frame folder"
+"$PY" -m dift.inference --model_path "$MODEL" --image_dir "$INF/frames" --question "$QUESTION" \
+  --max_new_tokens 32 --greedy

@@ -77,7 +77,8 @@ class GenerationResult:
 
     token_ids: list[int]  # generated ids only (no prompt); ends with <|im_end|> if the row finished
     latent_vectors: torch.Tensor  # (n_latent_pads, hidden) float32 on CPU: the vector fed at each <|latent_pad|>
-    logprobs: torch.Tensor  # (len(token_ids),) float32: log_softmax(logits / T)[emitted id], forced ones included
+    logprobs: torch.Tensor | None  # (len(token_ids),) float32: log_softmax(logits / T)[emitted id], forced
+    # ones included; None when generated with return_logprobs=False
     finished: bool  # emitted <|im_end|> before max_new_tokens
     text: str = ""  # decode_answer_text(...) of token_ids
 
@@ -191,7 +192,7 @@ def _check_left_padded(attention_mask: torch.Tensor) -> None:
 @torch.no_grad()
 def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size: int, sampling: SamplingConfig,
                           seeds: Sequence[int] | None = None, latent_ablation: str = "none", progress: bool = False,
-                          tokenizer=None,
+                          tokenizer=None, return_logprobs: bool = True,
                           logits_processor: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                           ) -> list[GenerationResult]:
     """Generate from a left-padded prompt batch (`dift.inputs.encode_batch(..., padding_side="left")`).
@@ -199,7 +200,8 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     seeds: one per row; each row samples from its own generator (default: drawn from torch's global
     RNG). latent_ablation: "none" | "zero" (zeros fed in latent blocks) | "noise" (Gaussian noise
     with the norm of the hidden state it replaces, from the row's generator). tokenizer: fills
-    `GenerationResult.text`. logits_processor(step, rows, scores) -> scores: changes what the
+    `GenerationResult.text`. return_logprobs: False skips the per-step log-softmax over the vocabulary
+    (evaluation and inference never read the log-probs; RL does). logits_processor(step, rows, scores) -> scores: changes what the
     sampler sees (rows = the batch indices of the active rows); reported log-probs stay the model's.
     """
     if latent_ablation not in LATENT_ABLATIONS:
@@ -223,7 +225,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
 
     # Outputs, indexed by original row; a row that is still active at step s has emitted s tokens.
     out_tokens = torch.full((batch_size, max_new), token_ids.text_pad, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros((batch_size, max_new), dtype=torch.float32, device=device)
+    out_logprobs = torch.zeros((batch_size, max_new), dtype=torch.float32, device=device) if return_logprobs else None
     out_length = torch.zeros(batch_size, dtype=torch.long, device=device)
     fed_rows, fed_vectors = [], []  # per latent step: which rows were fed, and what
     if max_new == 0:
@@ -266,16 +268,16 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
             scores = filter_top_k(scores / sampling.temperature, sampling.top_k)
             sampled = sample_from_scores(scores, uniforms[rows, step], sampling.top_p)
         else:
-            sampled = scores.argmax(dim=-1)
+            sampled = scores.max(dim=-1).indices  # same first-maximum rule as argmax, and faster on CPU
         in_pads = pads_left > 0
         token = torch.where(end_due, token_ids.end, torch.where(in_pads, token_ids.pad, sampled))
 
         # 2. Record it, with its log-prob under the model's own (temperature-scaled) distribution.
         # (log_softmax is one fused pass on CPU; torch.logsumexp is several.)
-        scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
-        logprob = torch.log_softmax(scaled, dim=-1).gather(-1, token[:, None])[:, 0]
         out_tokens[rows, step] = token
-        out_logprobs[rows, step] = logprob
+        if return_logprobs:
+            scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+            out_logprobs[rows, step] = torch.log_softmax(scaled, dim=-1).gather(-1, token[:, None])[:, 0]
         out_length[rows] = step + 1
         if seen is not None:
             seen[torch.arange(rows.numel(), device=device), token] = True
@@ -333,7 +335,8 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
 def _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size: int,
              token_ids: LatentTokenIds, tokenizer) -> list[GenerationResult]:
     """Per-row results from the loop's batch buffers (one device->CPU copy per buffer)."""
-    tokens, logprobs, lengths = out_tokens.cpu(), out_logprobs.cpu(), out_length.cpu().tolist()
+    tokens, lengths = out_tokens.cpu(), out_length.cpu().tolist()
+    logprobs = None if out_logprobs is None else out_logprobs.cpu()
     if fed_rows:
         owner = torch.cat(fed_rows).cpu()
         vectors = torch.cat(fed_vectors).float().cpu()
@@ -349,7 +352,8 @@ def _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden
         ids = tokens[i, :n].tolist()
         finished = bool(n) and ids[-1] == token_ids.im_end
         text = decode_answer_text(tokenizer, ids) if tokenizer is not None else ""
-        results.append(GenerationResult(token_ids=ids, latent_vectors=per_row[i], logprobs=logprobs[i, :n].clone(),
+        results.append(GenerationResult(token_ids=ids, latent_vectors=per_row[i],
+                                        logprobs=None if logprobs is None else logprobs[i, :n].clone(),
                                         finished=finished, text=text))
     return results
 
@@ -368,7 +372,8 @@ class Question:
 def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingConfig, batch_size: int = 8,
                      latent_ablation: str = "none", progress: bool = True) -> Iterator[tuple[int, GenerationResult]]:
     """Answer `questions` with a loaded DIFT model (`dift.checkpoint.LoadedModel`) in batches of
-    `batch_size`; yields (question index, result) in input order as each batch finishes."""
+    `batch_size`; yields (question index, result) in input order as each batch finishes. Log-probs
+    are not computed (`result.logprobs` is None): nothing downstream of a question reads them."""
     processor = loaded.processor
     bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not progress)
     try:
@@ -378,7 +383,7 @@ def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingCo
             inputs = encode_batch(processor, texts, [q.visual for q in chunk], padding_side="left")
             results = generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size,
                                             sampling, seeds=[q.seed for q in chunk], latent_ablation=latent_ablation,
-                                            tokenizer=processor.tokenizer)
+                                            tokenizer=processor.tokenizer, return_logprobs=False)
             for offset, result in enumerate(results):
                 yield start + offset, result
             bar.update(len(chunk))

@@ -374,6 +374,7 @@ def test_answer_questions_in_order_and_batch_independent(loaded, prompts):
     assert [i for i, _ in by_two] == [0, 1, 2]
     for (_, a), (_, b) in zip(by_two, by_one):
         assert a.token_ids == b.token_ids
+        assert a.logprobs is None  # evaluation and inference skip the per-step log-softmax
         assert a.text == decode_answer_text(loaded.processor.tokenizer, a.token_ids)
 
 

@@ -6,6 +6,7 @@ Steps, in order: frames, objects, masks, camera_qa, object_qa, merge, convert, c
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 STEPS = {
@@ -28,7 +29,16 @@ def main(argv=None) -> int:
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     # import only the step's module: the LLM steps need neither torch nor SAM3
-    return importlib.import_module(STEPS[argv[0]]).main(argv[1:])
+    module = importlib.import_module(STEPS[argv[0]])
+    try:
+        return module.main(argv[1:])
+    except (ValueError, OSError) as err:
+        # bad input (a flag, a missing or malformed file) is one line naming it, not a traceback;
+        # --log_level DEBUG still shows the traceback. Per-clip errors never get here: they are
+        # recorded in state/<step>/failed.jsonl and the run goes on.
+        logging.getLogger("preprocess").debug("%s failed", argv[0], exc_info=True)
+        print(f"preprocess {argv[0]}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Talking to an OpenAI-compatible chat LLM: the client, retries, images as data URLs, JSON replies.
 
-In: a base URL, an API key and a model name (flags, else OPENAI_BASE_URL / OPENAI_API_KEY).
+In: a base URL, an API key and a model name (flags, else OPENAI_BASE_URL / OPENAI_API_KEY / LLM_MODEL).
 Out: validated replies. Two kinds of failure are kept apart:
 - the service is unavailable (HTTP 429, 5xx, timeouts, connection errors): retried with exponential
   backoff (honouring Retry-After), then `LLMUnavailable`; the step records the clip as failed so
@@ -32,6 +32,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DEFAULT_MODEL = "gpt-4.1"
 TRACE_HEADER = "X-Trace-Id"  # "<clip id>/<task>": lets logs (and the loopback server) tell calls apart
 _RETRYABLE_STATUS = {408, 409, 429}
 
@@ -54,7 +55,8 @@ class LLMArguments:
 
     llm_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: $OPENAI_BASE_URL)."})
     llm_api_key: str | None = field(default=None, metadata={"help": "API key (default: $OPENAI_API_KEY; prefer the variable, flags show in `ps`)."})
-    llm_model: str = field(default="gpt-4.1", metadata={"help": "Model name sent to the service (one model: no rotation)."})
+    llm_model: str | None = field(default=None, metadata={
+        "help": f"Model name sent to the service, one model: no rotation (default: $LLM_MODEL, else {DEFAULT_MODEL})."})
     llm_timeout: float = field(default=120.0, metadata={"help": "Seconds before a request counts as timed out."})
     llm_retries: int = field(default=5, metadata={"help": "Retries of a request on 429, 5xx, timeouts and connection errors."})
     llm_backoff: float = field(default=1.0, metadata={"help": "First retry delay in seconds (doubles each retry, at most 60)."})
@@ -124,10 +126,15 @@ class LLMClient:
         if not api_key:
             raise ValueError("no API key: set OPENAI_API_KEY (or --llm_api_key)")
         self.secret = api_key
+        self.model = args.llm_model or os.environ.get("LLM_MODEL") or DEFAULT_MODEL
         self._openai = openai
         # max_retries=0: the retry loop below owns retries, so one policy covers every error kind
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=args.llm_timeout, max_retries=0)
-        log.info("LLM: model %s at %s", args.llm_model, base_url or "the default OpenAI endpoint")
+        log.info("LLM: model %s at %s", self.model, base_url or "the default OpenAI endpoint")
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the API key (a service may echo it in an error; reasons reach failed.jsonl)."""
+        return text.replace(self.secret, "***") if self.secret else text
 
     def _delay(self, attempt: int, err) -> float:
         retry_after = None
@@ -150,7 +157,7 @@ class LLMClient:
         for attempt in range(self.args.llm_retries + 1):
             try:
                 resp = self.client.chat.completions.create(
-                    model=self.args.llm_model, messages=messages, temperature=self.args.llm_temperature,
+                    model=self.model, messages=messages, temperature=self.args.llm_temperature,
                     max_tokens=max_tokens or self.args.llm_max_tokens, extra_headers={TRACE_HEADER: trace})
                 text = resp.choices[0].message.content if resp.choices else None
                 return text or ""
@@ -158,7 +165,7 @@ class LLMClient:
                 last, last_err = type(err).__name__, err
             except openai.APIStatusError as err:
                 if err.status_code not in _RETRYABLE_STATUS and err.status_code < 500:
-                    raise LLMUnavailable(f"{trace}: HTTP {err.status_code} (not retried): {str(err)[:200]}") from None
+                    raise LLMUnavailable(self._scrub(f"{trace}: HTTP {err.status_code} (not retried): {err}")[:300]) from None
                 last, last_err = f"HTTP {err.status_code}", err
             if attempt < self.args.llm_retries:
                 delay = self._delay(attempt, last_err)
@@ -178,7 +185,7 @@ class LLMClient:
             except ReplyInvalid as err:
                 reason = str(err)
                 log.info("%s: unusable reply (try %d/%d): %s", trace, attempt + 1, tries, reason)
-        raise LLMReplyError(f"{trace}: no usable reply in {tries} tries (last: {reason})")
+        raise LLMReplyError(self._scrub(f"{trace}: no usable reply in {tries} tries (last: {reason})"))
 
     def ask_json(self, content: Sequence[dict], validate: Callable[[dict], T], trace: str, **kw) -> T:
         """Ask for a JSON object and validate it (validate raises ReplyInvalid)."""

@@ -27,7 +27,7 @@ from PIL import Image
 from .frames import list_frame_files
 from .layout import ClipPaths, atomic_folder, frame_number, read_json, write_json_atomic
 from .overlays import masked_frame
-from .runner import StepArguments, clips_completed_by, parse_args, run_step, setup_logging
+from .runner import StepArguments, StepState, clips_completed_by, parse_args, run_step, setup_logging
 
 log = logging.getLogger(__name__)
 STEP = "masks"
@@ -156,7 +156,9 @@ def main(argv=None) -> int:
     def process(clip_id: str) -> dict:
         return segment_clip(segmenter, ClipPaths(out_root, clip_id))
 
-    if clips:  # loading the model costs time and memory: only when there is work
+    # loading SAM3 costs time and memory: only when a clip is left to do (a rerun of a finished step
+    # loads nothing); loaded before the loop, so a bad --model is one error, not a failure per clip
+    if StepState(out_root, STEP).pending(clips, args.retry_failed):
         segmenter = Sam3Segmenter(args.model, args.tracking, args.score_threshold, args.mask_threshold,
                                   args.batch_size, args.device, args.dtype)
     run_step(out_root, STEP, clips, process, args.workers, args.retry_failed)

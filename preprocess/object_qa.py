@@ -76,9 +76,12 @@ class ObjectQAArguments(QAArguments):
 
 
 def select_key_masks(mask_files: list[Path], limit: int = MAX_KEY_FRAMES) -> list[Path]:
-    """All masks if at most 4; else first, last and min(limit, n) - 2 evenly spaced interior ones."""
+    """All masks if at most max(4, limit); else first, last and limit - 2 evenly spaced interior ones.
+
+    (The original's formula, min(limit, n) - 2 interior picks at round(step * (i + 1)), repeats a
+    frame when n <= limit; every frame is kept then instead.)"""
     files = sorted(mask_files, key=lambda p: p.name)
-    if len(files) <= 4:
+    if len(files) <= max(4, limit):
         return files
     interior = files[1:-1]
     needed = min(limit, len(files)) - 2

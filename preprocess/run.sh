@@ -19,16 +19,15 @@ IN="$1"; OUT="$2"; SAM3="$3"; shift 3
 PY="${PY:-python}"
 WORKERS="${WORKERS:-4}"
 SEED="${SEED:-0}"
-LLM_MODEL="${LLM_MODEL:-gpt-4.1}"
 TRACK=()
 [ "${TRACKING:-0}" = "1" ] && TRACK=(--tracking)
 
 step() { echo "[preprocess] $1" >&2; "$PY" -m preprocess "$@"; }
 step frames --input "$IN" --out "$OUT" --workers "$WORKERS" "$@"
-step objects --out "$OUT" --workers "$WORKERS" --llm_model "$LLM_MODEL" "$@"
+step objects --out "$OUT" --workers "$WORKERS" "$@"
 step masks --out "$OUT" --model "$SAM3" --device "${DEVICE:-auto}" --score_threshold "${SCORE_THRESHOLD:-0.5}" "${TRACK[@]}" "$@"
-step camera_qa --out "$OUT" --workers "$WORKERS" --seed "$SEED" --llm_model "$LLM_MODEL" "$@"
-step object_qa --out "$OUT" --workers "$WORKERS" --seed "$SEED" --llm_model "$LLM_MODEL" "$@"
+step camera_qa --out "$OUT" --workers "$WORKERS" --seed "$SEED" "$@"
+step object_qa --out "$OUT" --workers "$WORKERS" --seed "$SEED" "$@"
 step merge --out "$OUT"
 step convert --out "$OUT"
 step check --out "$OUT"

@@ -57,6 +57,11 @@ class StepState:
                 out[rec["clip_id"]] = rec.get("reason", "")
         return out
 
+    def pending(self, clip_ids: Iterable[str], retry_failed: bool = False) -> list[str]:
+        """The clips a run processes: not completed, and not failed unless failures are retried."""
+        done, failed = set(self.completed()), self.failed()
+        return [c for c in dict.fromkeys(clip_ids) if c not in done and (retry_failed or c not in failed)]
+
     def mark_done(self, clip_id: str) -> None:
         append_line(self.completed_path, clip_id)
 
@@ -87,15 +92,10 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
     state = StepState(root, step)
     clip_ids = list(dict.fromkeys(clip_ids))
     summary = StepSummary(step=step, total=len(clip_ids))
-    done, failed = set(state.completed()), state.failed()
-    todo = []
-    for cid in clip_ids:
-        if cid in done:
-            summary.skipped_done += 1
-        elif cid in failed and not retry_failed:
-            summary.skipped_failed += 1
-        else:
-            todo.append(cid)
+    todo = state.pending(clip_ids, retry_failed)
+    done = set(state.completed())
+    summary.skipped_done = sum(cid in done for cid in clip_ids)
+    summary.skipped_failed = len(clip_ids) - len(todo) - summary.skipped_done
     start = time.monotonic()
 
     def one(cid: str):

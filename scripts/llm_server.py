@@ -142,7 +142,9 @@ def make_handler(truth: dict, faults: FaultSchedule, api_key: str | None, slow_s
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
-                return self._send(401, {"error": {"message": "invalid API key"}})
+                # echo the key sent, as some services do: the engine must keep it out of its logs
+                sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                return self._send(401, {"error": {"message": f"Incorrect API key provided: {sent}"}})
             try:
                 body = json.loads(raw)
             except json.JSONDecodeError:
@@ -176,6 +178,7 @@ def serve(truth_path: str | None, port: int = 0, faults_path: str | None = None,
     faults = FaultSchedule(json.loads(Path(faults_path).read_text()) if faults_path else [])
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(truth, faults, api_key, slow_seconds, delay))
     server.daemon_threads = True
+    server.faults = faults  # tests check that every scheduled fault was served
     return server
 
 

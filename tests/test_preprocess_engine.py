@@ -20,6 +20,8 @@ from dift.tokens import OUTPUT_IMAGE_PLACEHOLDER
 from preprocess import camera_qa, check, clip_frames, convert, masks, merge, object_qa, objects
 from preprocess.check import check_file
 from preprocess.labels import camera_moves_text
+from preprocess.layout import clip_rng
+from preprocess.object_qa import draw_type
 from preprocess.runner import StepState
 from scripts.build_tiny_sam3 import write_tiny_sam3
 from scripts.llm_server import serve
@@ -53,9 +55,15 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     src = make_demo(root / "svid", num_clips=NUM_CLIPS, seed=0)
     sam3 = write_tiny_sam3(root / "sam3")
-    # a CoT answering the wrong option must be rejected and asked again
-    server, url = _start_server(src / "truth.json", [{"match": "demo0_001/camera_qa/0->6/cot", "faults": ["wrongletter"]}],
-                                root)
+    # faults in the QA steps: a CoT answering the wrong option or too short is rejected and asked
+    # again; transient service errors and an unparsable judgement are retried; none changes the output
+    server, url = _start_server(src / "truth.json", [
+        {"match": "demo0_001/camera_qa/0->6/cot", "faults": ["wrongletter"]},
+        {"match": "demo0_000/camera_qa/6->11/verify", "faults": ["500", "429"]},
+        {"match": "demo0_002/camera_qa/0->6/question", "faults": ["503"]},
+        {"match": "demo0_001/object_qa/direction", "faults": ["badjson"]},
+        {"match": "demo0_002/object_qa/cot", "faults": ["missing"]},
+    ], root)
     out = root / "out"
     assert clip_frames.main(["--input", str(src), "--out", str(out)]) == 0
     assert objects.main(["--out", str(out), *_llm(url)]) == 0
@@ -65,6 +73,7 @@ def engine(tmp_path_factory):
     assert merge.main(["--out", str(out)]) == 0
     assert convert.main(["--out", str(out)]) == 0
     assert check.main(["--out", str(out)]) == 0
+    assert all(not entry["faults"] for entry in server.faults.entries)  # every fault was served
     yield {"root": root, "src": src, "out": out, "sam3": sam3, "url": url,
            "truth": json.loads((src / "truth.json").read_text())}
     server.shutdown()
@@ -131,6 +140,42 @@ def test_qa_records_are_consistent(engine):
                 assert "[" in r["question_text"]
     # the diagonal direction of the first demo clip is reachable end to end
     assert any(r["options"][r["answer"]] == "Moving Left-Up" for r in objs if r["clip_id"] == "demo0_000")
+
+
+def test_demo_truth_is_the_direction_in_the_scene():
+    from scripts.make_demo_spatialvid import scene_direction
+
+    # the engine asks for the direction after compensating the camera: a square drifting left on
+    # screen while the camera pans right faster moves right in the scene
+    assert scene_direction("left", camera_dx=3, step=2) == "Moving Right"
+    assert scene_direction("stationary", camera_dx=-1) == "Moving Left"
+    assert scene_direction("left-up", camera_dx=1) == "Moving Left-Up"  # the demo's pans are slower than the square
+    assert scene_direction("stationary", camera_dx=0) == "Stationary"
+
+
+def test_compound_speed_and_distance_labels_are_reachable(engine, tmp_path):
+    cid = "demo0_000"
+
+    def drawn(seed):  # the two question types object_qa draws for this clip with `seed`
+        rng, weights = clip_rng(seed, cid, object_qa.STEP), dict(object_qa.TYPE_WEIGHTS)
+        types = [draw_type(rng, weights)]
+        del weights[types[0]]
+        return {types[0], draw_type(rng, weights)}
+
+    seed = next(s for s in range(10000) if drawn(s) == {"speed", "distance"})
+    speed, distance = "First Speeding Up Then Slowing Down", "First Getting Farther, Then Closer"
+    truth = dict(engine["truth"])
+    truth[cid] = {**truth[cid], "speed": speed, "distance": distance}
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    server, url = _start_server(tmp_path / "truth.json")
+    try:
+        copy = _fresh_qa_copy(engine, "compound")
+        assert _qa(object_qa, copy, url, seed, "--clips", cid) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    items = json.loads((copy / "clips" / cid / "object_qa.json").read_text())
+    assert {r["type"]: r["options"][r["answer"]] for r in items} == {"speed": speed, "distance": distance}
 
 
 def test_converted_records_load_in_the_dift_reader(engine):
@@ -227,6 +272,16 @@ def test_resume_after_sigkill_gives_the_same_outputs(engine):
     assert {k: v for k, v in _qa_files(copy).items() if k.endswith("object_qa.json")} == original
     assert _qa(camera_qa, copy, engine["url"]) == 0 and merge.main(["--out", str(copy)]) == 0
     assert (copy / "qa" / "qa_all.jsonl").read_bytes() == (engine["out"] / "qa" / "qa_all.jsonl").read_bytes()
+
+
+def test_masks_rerun_loads_no_model_when_every_clip_is_done(engine):
+    copy = engine["root"] / "masks_rerun"
+    (copy / "state").mkdir(parents=True)
+    shutil.copytree(engine["out"] / "state" / "masks", copy / "state" / "masks")
+    shutil.copytree(engine["out"] / "state" / "objects", copy / "state" / "objects")
+    # a model path that cannot load: a finished step must not need it
+    assert masks.main(["--out", str(copy), "--model", str(copy / "no-such-model")]) == 0
+    assert json.loads((copy / "state" / "masks" / "summary.json").read_text())["skipped_done"] == NUM_CLIPS
 
 
 def test_tracking_masks(engine):

@@ -117,6 +117,8 @@ def test_question_type_draw_reaches_every_type_with_its_weight():
 def test_select_key_masks():
     files = [Path(f"frame_{i:04d}.npy") for i in range(20)]
     assert select_key_masks(files[:4]) == files[:4]
+    for n in range(5, 9):  # up to 8 masks: every one, none repeated or lost
+        assert select_key_masks(list(reversed(files[:n]))) == files[:n]
     picked = select_key_masks(list(reversed(files)))
     assert len(picked) == 8 and picked[0] == files[0] and picked[-1] == files[-1]
     assert picked == sorted(picked) and len(set(picked)) == 8

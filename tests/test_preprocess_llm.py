@@ -85,12 +85,29 @@ def test_faults_are_retried_then_recorded_and_the_key_is_never_logged(demo_frame
     assert len((out / "state" / "objects" / "completed.txt").read_text().splitlines()) == 5  # no duplicates
 
 
-def test_wrong_key_is_not_retried(demo_frames, server_factory, tmp_path, monkeypatch):
+def test_wrong_key_is_not_retried_and_not_recorded(demo_frames, server_factory, tmp_path, monkeypatch):
     src, out = demo_frames
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-1234")
     url = server_factory(src / "truth.json", None, tmp_path)
     assert _objects(out, url, "--clips", "demo0_000") == 0
-    assert "HTTP 401 (not retried)" in StepState(out, "objects").failed()["demo0_000"]
+    reason = StepState(out, "objects").failed()["demo0_000"]
+    assert "HTTP 401 (not retried)" in reason and "Incorrect API key provided: ***" in reason
+    assert "sk-wrong-key-1234" not in (out / "state" / "objects" / "failed.jsonl").read_text()  # the server echoed it
+
+
+def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
+    from preprocess.__main__ import main
+
+    assert main(["objects"]) == 2
+    assert capsys.readouterr().err.strip() == "preprocess objects: error: --out (the engine's output root) is required"
+    assert main(["frames", "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{tmp_path / 'nowhere' / 'videos'}: no videos/ folder" in err
+    qa = tmp_path / "out" / "qa" / "qa_all.jsonl"
+    qa.parent.mkdir(parents=True)
+    qa.write_text('{"id": "x"}\n')
+    assert main(["convert", "--out", str(tmp_path / "out")]) == 2
+    assert f"{qa}:1: missing field(s) question" in capsys.readouterr().err
 
 
 def test_frames_step_failures_are_recorded(tmp_path):
@@ -106,3 +123,14 @@ def test_frames_step_failures_are_recorded(tmp_path):
     (ann / "indexes.txt").write_text("0 0\nx 3\n")
     assert clip_frames.main(["--input", str(src), "--out", str(out), "--retry_failed", "--clips", "demo0_000"]) == 0
     assert "indexes.txt:2: expected two integers" in StepState(out, "frames").failed()["demo0_000"]
+
+
+def test_model_from_flag_else_env_else_default(monkeypatch):
+    from preprocess.llm import DEFAULT_MODEL, LLMArguments, LLMClient
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("LLM_MODEL", "env-model")
+    assert LLMClient(LLMArguments(llm_model="flag-model")).model == "flag-model"
+    assert LLMClient(LLMArguments()).model == "env-model"
+    monkeypatch.delenv("LLM_MODEL")
+    assert LLMClient(LLMArguments()).model == DEFAULT_MODEL

@@ -60,7 +60,8 @@ def remove_answer_prefixes(text: str) -> str:
     return text
 
 
-def _check_letters(letters: str) -> str:
+def check_letters(letters: str) -> str:
+    """`letters` if it is a non-empty string of capital letters, else a ValueError."""
     if not letters or not all("A" <= c <= "Z" for c in letters):
         raise ValueError(f"letters must be capital letters A-Z, got {letters!r}")
     return letters
@@ -68,7 +69,7 @@ def _check_letters(letters: str) -> str:
 
 def first_choice_letter(text: str, letters: str = EVAL_LETTERS) -> str:
     """The first character of `text` that is one of `letters`, or "" if none is."""
-    allowed = set(_check_letters(letters))
+    allowed = set(check_letters(letters))
     return next((c for c in text if c in allowed), "")
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .extraction import EVAL_LETTERS, extract_answer, score_answer
+from .extraction import EVAL_LETTERS, check_letters, extract_answer, score_answer
 from .metrics import aggregate, format_report
 from .results import ResultsFileError, atomic_write_json, read_results, summary_path, write_results
 
@@ -83,12 +84,20 @@ def rescore_file(results_file: str | Path, summary_out: str | Path | None = None
     return summary
 
 
+def _letters_arg(value: str) -> str:
+    try:
+        return check_letters(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="results JSONL written by evaluation.dsr_eval")
     parser.add_argument("--summary", default=None, help="summary JSON to write (default <name>_rescored_summary.json)")
     parser.add_argument("--output", default=None, help="rescored JSONL to write (default <name>_rescored.jsonl)")
-    parser.add_argument("--letters", default=EVAL_LETTERS, help="allowed answer letters (RL uses ABCDEF)")
+    parser.add_argument("--letters", default=EVAL_LETTERS, type=_letters_arg,
+                        help="allowed answer letters (RL uses ABCDEF)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = rescore_file(args.results, args.summary, args.output, args.letters)
@@ -96,5 +105,13 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def cli() -> None:
+    """`python -m evaluation.rescore`: a bad results file ends with one line naming file and record."""
+    try:
+        main()
+    except (FileNotFoundError, ResultsFileError) as err:
+        sys.exit(f"error: {err}")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -8,8 +8,10 @@ DSR sub-task types, `per_type` questions each) and DIR/videos/<videoID>.mp4 (a s
 known direction over a textured background, encoded with PyAV; two questions per video). With
 `--formats json` / `jsonl` the same rows are also written as benchmark.json (a dict of records,
 with the aliases `video` / `candidates` and options as a string holding a Python list) and
-benchmark.jsonl (one record a line). `--missing N` leaves the last N videos unwritten, `--corrupt N`
-writes the N before them as garbage bytes: the evaluation must skip and count both.
+benchmark.jsonl (one record a line). `--missing N` leaves N videos unwritten, `--corrupt N` writes N
+as garbage bytes: the evaluation must skip and count both. They are taken from the last videos whose
+loss still leaves every sub-task a question with a readable video (so the evaluation table has no
+"N/A"), then, if there are too few such videos (e.g. `--per_type 1`), simply from the last ones.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import math
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,11 +88,25 @@ def build_rows(per_type: int, seed: int) -> tuple[list[dict], dict[str, dict]]:
     return rows, videos
 
 
+def choose_unreadable_videos(rows: list[dict], video_ids: list[str], count: int) -> list[str]:
+    """`count` video ids to leave unreadable, last first, preferring those whose loss leaves every
+    sub-task at least one question with a readable video."""
+    uses = {video_id: Counter() for video_id in video_ids}
+    for row in rows:
+        uses[row["videoID"]][row["type"]] += 1
+    readable = Counter(row["type"] for row in rows)  # per sub-task: questions whose video is readable
+    chosen = []
+    for video_id in reversed(video_ids):
+        if len(chosen) < count and all(readable[t] > n for t, n in uses[video_id].items()):
+            chosen.append(video_id)
+            readable -= uses[video_id]
+    # Too few such videos (each sub-task has a single question): sub-tasks must lose questions anyway.
+    chosen += [v for v in reversed(video_ids) if v not in chosen][:count - len(chosen)]
+    return chosen
+
+
 def write_videos(video_dir: Path, videos: dict[str, dict], frames: int, fps: float, size: int,
-                 missing: int = 0, corrupt: int = 0) -> None:
-    ids = list(videos)
-    missing_ids = set(ids[len(ids) - missing:]) if missing else set()
-    corrupt_ids = set(ids[len(ids) - missing - corrupt:len(ids) - missing]) if corrupt else set()
+                 missing_ids: set[str] = frozenset(), corrupt_ids: set[str] = frozenset()) -> None:
     video_dir.mkdir(parents=True, exist_ok=True)
     for video_id, params in videos.items():
         path = video_dir / f"{video_id}.mp4"
@@ -115,7 +132,8 @@ def build_benchmark(out: str | Path, per_type: int = 2, seed: int = 0, frames: i
     rows, videos = build_rows(per_type, seed)
     if missing + corrupt > len(videos):
         raise ValueError(f"--missing + --corrupt ({missing + corrupt}) exceeds the {len(videos)} videos")
-    write_videos(out / "videos", videos, frames, fps, size, missing, corrupt)
+    unreadable = choose_unreadable_videos(rows, list(videos), missing + corrupt)
+    write_videos(out / "videos", videos, frames, fps, size, set(unreadable[:missing]), set(unreadable[missing:]))
     for fmt in formats:
         if fmt == "parquet":
             pd.DataFrame(rows).to_parquet(out / "benchmark.parquet", index=False)

@@ -11,6 +11,7 @@ import pytest
 
 from evaluation.benchmark import BenchmarkError, load_benchmark, parse_options
 from evaluation.metrics import SUBTASK_COLUMNS
+from preprocess.frames import VideoDecodeError, decode_video_frames
 from scripts.make_demo_benchmark import build_benchmark
 
 ROWS = [
@@ -120,3 +121,23 @@ def test_demo_benchmark_builder(tmp_path):
         assert it.gt in "ABCD" and all(o[:3] == f"{'ABCD'[k]}. " for k, o in enumerate(it.options))
     videos = sorted((out / "videos").glob("*.mp4"))
     assert len(videos) == 6  # 7 videos, one missing
+
+
+def test_demo_benchmark_keeps_every_subtask_evaluable(tmp_path):
+    """The demo's benchmark (2 per type, a missing and a corrupt video): both skip cases are exercised
+    and still every sub-task has a question whose video decodes, so its table shows no N/A."""
+    out = build_benchmark(tmp_path / "bench", per_type=2, frames=4, size=56, missing=1, corrupt=1)
+    items = load_benchmark(out / "benchmark.parquet")
+    readable, missing, corrupt = set(), set(), set()
+    for video_id in {it.video_id for it in items}:
+        path = out / "videos" / f"{video_id}.mp4"
+        if not path.is_file():
+            missing.add(video_id)
+            continue
+        try:
+            decode_video_frames(path)
+            readable.add(video_id)
+        except VideoDecodeError:
+            corrupt.add(video_id)
+    assert len(missing) == 1 and len(corrupt) == 1
+    assert {it.subtask_type for it in items if it.video_id in readable} == set(SUBTASK_COLUMNS)

@@ -4,6 +4,9 @@ rescoring a results file the test builds."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,8 @@ from evaluation.results import (
     results_path,
     summary_path,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def line(index, **extra):
@@ -151,3 +156,17 @@ def test_rescore_missing_field(tmp_path):
     path.write_text(json.dumps({"index": 0, "gt": "A"}) + "\n")
     with pytest.raises(ResultsFileError, match="record 1: missing field 'raw'"):
         rescore.rescore_file(path)
+
+
+@pytest.mark.parametrize("content,message", [(None, "results file not found"),
+                                             ('{"index": 0, "gt": "A"}\n', "record 1: missing field 'raw'"),
+                                             ('{"index": 0}\nnot json\n', "line 2: invalid JSON")])
+def test_rescore_cli_bad_input_is_one_line(tmp_path, content, message):
+    path = tmp_path / "r.jsonl"
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run([sys.executable, "-m", "evaluation.rescore", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1  # one line, no traceback
+    assert message in done.stderr and str(path) in done.stderr

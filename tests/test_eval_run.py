@@ -9,6 +9,7 @@ equality tests blind).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -174,3 +175,16 @@ def test_latent_ablation_is_recorded(setup, tmp_path):
     summary = dsr_eval.main(eval_argv(setup, tmp_path / "noise.jsonl", "--latent_ablation", "noise",
                                       "--max_samples", "2"))
     assert summary["latent_ablation"] == "noise" and summary["eval_count"] == 2 and summary["total"] == 2
+
+
+def test_prepare_frames_skip_reasons(setup, tmp_path):
+    """The questions the original skips: no video id, missing video, undecodable video."""
+    items = load_benchmark(setup["bench"] / "benchmark.parquet")
+    cache = dsr_eval.FrameCache(tmp_path / "frames")
+    videos = str(setup["bench"] / "videos")
+    assert len(dsr_eval.prepare_frames(items[0], videos, cache)) == 2  # 8 frames at 4 fps: 2 at 1 fps
+    no_id = dataclasses.replace(items[0], video_id=None)
+    for item, reason in [(no_id, "no_video_id"), (items[6], "missing_video"), (items[5], "decode_failed")]:
+        with pytest.raises(dsr_eval.SkipQuestion) as info:
+            dsr_eval.prepare_frames(item, videos, cache)
+        assert info.value.reason == reason

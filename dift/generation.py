@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from .conversation import render_generation_prompt
 from .inputs import encode_batch
+from .kv_cache import growing_cache
 from .model import mm_token_type_ids_from_ids
 from .tokens import IM_END, IM_START, LatentTokenIds
 
@@ -75,11 +75,11 @@ class SamplingConfig:
 class GenerationResult:
     """One row's output."""
 
-    token_ids: list[int]  # generated ids only (no prompt); ends with <|im_end|> if the row finished
+    token_ids: list[int]  # generated ids only (no prompt); ends with its stop token if the row finished
     latent_vectors: torch.Tensor  # (n_latent_pads, hidden) float32 on CPU: the vector fed at each <|latent_pad|>
     logprobs: torch.Tensor | None  # (len(token_ids),) float32: log_softmax(logits / T)[emitted id], forced
     # ones included; None when generated with return_logprobs=False
-    finished: bool  # emitted <|im_end|> before max_new_tokens
+    finished: bool  # emitted a stop token (default <|im_end|>) before max_new_tokens
     text: str = ""  # decode_answer_text(...) of token_ids
 
 
@@ -192,7 +192,7 @@ def _check_left_padded(attention_mask: torch.Tensor) -> None:
 @torch.no_grad()
 def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size: int, sampling: SamplingConfig,
                           seeds: Sequence[int] | None = None, latent_ablation: str = "none", progress: bool = False,
-                          tokenizer=None, return_logprobs: bool = True,
+                          tokenizer=None, return_logprobs: bool = True, stop_ids: Sequence[int] | None = None,
                           logits_processor: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                           ) -> list[GenerationResult]:
     """Generate from a left-padded prompt batch (`dift.inputs.encode_batch(..., padding_side="left")`).
@@ -201,7 +201,8 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     RNG). latent_ablation: "none" | "zero" (zeros fed in latent blocks) | "noise" (Gaussian noise
     with the norm of the hidden state it replaces, from the row's generator). tokenizer: fills
     `GenerationResult.text`. return_logprobs: False skips the per-step log-softmax over the vocabulary
-    (evaluation and inference never read the log-probs; RL does). logits_processor(step, rows, scores) -> scores: changes what the
+    (evaluation and inference never read the log-probs; RL does). stop_ids: tokens that end a row
+    (default `<|im_end|>` only; never inside a latent block, whose tokens are forced). logits_processor(step, rows, scores) -> scores: changes what the
     sampler sees (rows = the batch indices of the active rows); reported log-probs stay the model's.
     """
     if latent_ablation not in LATENT_ABLATIONS:
@@ -220,6 +221,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     max_new = sampling.max_new_tokens
     temperature = sampling.logprob_temperature
     hidden_size = model.config.get_text_config().hidden_size
+    stop = torch.tensor(list(stop_ids) if stop_ids is not None else [token_ids.im_end], device=device)
     generators = (_row_generators(seeds, device)
                   if sampling.do_sample or latent_ablation == "noise" else [None] * batch_size)
 
@@ -229,12 +231,12 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     out_length = torch.zeros(batch_size, dtype=torch.long, device=device)
     fed_rows, fed_vectors = [], []  # per latent step: which rows were fed, and what
     if max_new == 0:
-        return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, token_ids, tokenizer)
+        return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, stop, tokenizer)
 
     # Prefill: the whole prompt batch (vision included) into the KV cache.
     positions, next_position = prompt_positions(model, {**inputs, "input_ids": input_ids,
                                                         "attention_mask": attention_mask})
-    cache = DynamicCache(config=model.config.get_text_config())
+    cache = growing_cache(model.config, max_length=input_ids.shape[1] + max_new)
     vision = {k: inputs[k].to(device) for k in VISION_KEYS if inputs.get(k) is not None}
     mm_types = inputs.get("mm_token_type_ids")
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
@@ -302,7 +304,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
             fed_vectors.append(fed[in_pads])
 
         # 5. Drop finished rows (from the batch and the cache): they cost nothing from here on.
-        done = token == token_ids.im_end
+        done = torch.isin(token, stop)
         if step == max_new - 1:
             break
         if bool(done.any()):
@@ -329,11 +331,11 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
         logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
         next_position = next_position + 1
 
-    return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, token_ids, tokenizer)
+    return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, stop, tokenizer)
 
 
 def _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size: int,
-             token_ids: LatentTokenIds, tokenizer) -> list[GenerationResult]:
+             stop: torch.Tensor, tokenizer) -> list[GenerationResult]:
     """Per-row results from the loop's batch buffers (one device->CPU copy per buffer)."""
     tokens, lengths = out_tokens.cpu(), out_length.cpu().tolist()
     logprobs = None if out_logprobs is None else out_logprobs.cpu()
@@ -347,10 +349,10 @@ def _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden
         per_row = list(torch.split(vectors, counts))
     else:
         per_row = [torch.zeros((0, hidden_size)) for _ in lengths]
-    results = []
+    results, stop_ids = [], set(stop.tolist())
     for i, n in enumerate(lengths):
         ids = tokens[i, :n].tolist()
-        finished = bool(n) and ids[-1] == token_ids.im_end
+        finished = bool(n) and ids[-1] in stop_ids
         text = decode_answer_text(tokenizer, ids) if tokenizer is not None else ""
         results.append(GenerationResult(token_ids=ids, latent_vectors=per_row[i],
                                         logprobs=None if logprobs is None else logprobs[i, :n].clone(),
@@ -373,7 +375,9 @@ def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingCo
                      latent_ablation: str = "none", progress: bool = True) -> Iterator[tuple[int, GenerationResult]]:
     """Answer `questions` with a loaded DIFT model (`dift.checkpoint.LoadedModel`) in batches of
     `batch_size`; yields (question index, result) in input order as each batch finishes. Log-probs
-    are not computed (`result.logprobs` is None): nothing downstream of a question reads them."""
+    are not computed (`result.logprobs` is None): nothing downstream of a question reads them. A row
+    stops at `<|im_end|>` or `<|endoftext|>`, the end tokens of Qwen2.5-VL's generation config that
+    the original's evaluation and inference stopped at."""
     processor = loaded.processor
     bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not progress)
     try:
@@ -383,7 +387,8 @@ def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingCo
             inputs = encode_batch(processor, texts, [q.visual for q in chunk], padding_side="left")
             results = generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size,
                                             sampling, seeds=[q.seed for q in chunk], latent_ablation=latent_ablation,
-                                            tokenizer=processor.tokenizer, return_logprobs=False)
+                                            tokenizer=processor.tokenizer, return_logprobs=False,
+                                            stop_ids=(loaded.token_ids.im_end, loaded.token_ids.text_pad))
             for offset, result in enumerate(results):
                 yield start + offset, result
             bar.update(len(chunk))

@@ -3,10 +3,11 @@
     python scripts/bench_eval.py [--per_type 2 --max_new_tokens 256 --batch_size 16] [--sample]
 
 Both sides load the same tiny random-weight checkpoint (built here) and answer the same synthetic
-benchmark (scripts/make_demo_benchmark.py) with the same sampling settings and the same
-latent-aware generation function; the model load is outside the timings.
+benchmark (scripts/make_demo_benchmark.py) with the same prompts and sampling settings; the model
+load is outside the timings.
 - original: frames re-extracted for every question into a fresh folder by a 4-thread pool, each
-  question answered as its extraction finishes, one at a time (batch size 1);
+  question answered as its extraction finishes, one at a time, by the library's `generate()` (the
+  original's per-question call; here without its latent handling, so if anything faster);
 - ours: `evaluation.dsr_eval.evaluate_shard`: frame cache warm (a previous run filled it), frames
   of upcoming batches prepared by a thread pool while the model runs, batches of `--batch_size`,
   results appended to a JSONL.
@@ -27,10 +28,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dift.checkpoint import load_latent_model  # noqa: E402
-from dift.generation import Question, SamplingConfig, answer_questions  # noqa: E402
+from dift.conversation import render_generation_prompt  # noqa: E402
+from dift.generation import SamplingConfig, decode_answer_text  # noqa: E402
+from dift.inputs import encode_batch  # noqa: E402
 from evaluation import dsr_eval  # noqa: E402
 from evaluation.benchmark import load_benchmark  # noqa: E402
 from evaluation.extraction import extract_answer  # noqa: E402
@@ -48,7 +52,15 @@ from scripts.make_demo_benchmark import build_benchmark  # noqa: E402
 def original_loop(loaded, items, video_root: Path, sampling: SamplingConfig, frame_root: Path,
                   workers: int = 4) -> int:
     """The original's evaluation loop: extraction per question into a fresh folder (thread pool),
-    questions answered in extraction-completion order, one at a time."""
+    questions answered in extraction-completion order, one at a time by `generate()`."""
+    t = loaded.token_ids
+    # Every field explicit (the original's inherited top-k 1 and repetition penalty 1.05 are not
+    # reproduced); min_new_tokens = max_new_tokens, so both sides decode the same number of tokens.
+    sampler = (dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+               if sampling.do_sample else dict(do_sample=False))
+    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.max_new_tokens,
+                              repetition_penalty=1.0, eos_token_id=[t.im_end, t.text_pad], pad_token_id=t.text_pad,
+                              **sampler)
 
     def extract(item):
         folder = frame_root / f"{item.index}_{item.video_id}"
@@ -59,10 +71,13 @@ def original_loop(loaded, items, video_root: Path, sampling: SamplingConfig, fra
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in as_completed([pool.submit(extract, it) for it in items]):
             item, frames = future.result()
-            question = Question(visual=frames, question=item.question_text, seed=42)
-            for _, result in answer_questions(loaded, [question], sampling, batch_size=1, progress=False):
-                extract_answer(result.text)
-                answered += 1
+            prompt = render_generation_prompt(loaded.processor, frames, item.question_text)
+            inputs = encode_batch(loaded.processor, [prompt], [frames]).to(loaded.model.device)
+            with torch.no_grad():
+                output = loaded.model.generate(**inputs, generation_config=config)
+            completion = output[0, inputs["input_ids"].shape[1]:].tolist()
+            extract_answer(decode_answer_text(loaded.processor.tokenizer, completion))
+            answered += 1
     return answered
 
 

@@ -383,3 +383,19 @@ def test_right_padded_batch_is_refused(loaded, prompts):
     inputs = encode_batch(loaded.processor, texts, visuals, padding_side="right")
     with pytest.raises(ValueError, match="LEFT-padded"):
         generate(loaded, inputs, SamplingConfig(max_new_tokens=2))
+
+
+def test_stop_ids_end_a_row(loaded, prompts):
+    """Evaluation stops at <|endoftext|> as well as <|im_end|> (answer_questions); by default only
+    <|im_end|> ends a row, and a stop token sampled inside a latent block is discarded."""
+    t = loaded.token_ids
+    inputs = encode(loaded, prompts, [0, 1])
+    plan = {0: {3: t.text_pad}, 1: {1: t.start, 3: t.text_pad, 9: t.text_pad}}
+    greedy = SamplingConfig(max_new_tokens=12, do_sample=False)
+    default = generate(loaded, inputs, greedy, plan)
+    assert not any(r.finished for r in default) and [len(r.token_ids) for r in default] == [12, 12]
+    both = generate(loaded, inputs, greedy, plan, stop_ids=(t.im_end, t.text_pad))
+    assert both[0].finished and both[0].token_ids[-1] == t.text_pad and len(both[0].token_ids) == 4
+    # Row 1 is inside its block at step 3 (the sampled <|endoftext|> is replaced by a pad); it stops at 9.
+    assert both[1].token_ids[3] == t.pad and both[1].finished and len(both[1].token_ids) == 10
+    assert both[0].token_ids == default[0].token_ids[:4] and both[1].token_ids == default[1].token_ids[:10]

@@ -39,11 +39,10 @@ from .labels import (
     shuffled_choice,
     speed_options,
 )
-from .layout import clip_rng, frame_number, write_json_atomic
+from .layout import clip_rng, frame_number
 from .llm import LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
 from .overlays import load_mask, mask_box, write_helper_image
-from .qa import ClipInfo, QAArguments, qa_record, request_cot, rewrite_question
-from .runner import clips_completed_by, parse_args, run_step, setup_logging
+from .qa import ClipInfo, QAArguments, qa_record, request_cot, rewrite_question, run_qa_step
 
 log = logging.getLogger(__name__)
 STEP = "object_qa"
@@ -256,20 +255,7 @@ def object_items(llm: LLMClient, args: ObjectQAArguments, info: ClipInfo) -> tup
 
 
 def main(argv=None) -> int:
-    args = parse_args(ObjectQAArguments, argv)
-    setup_logging(args.log_level, [args.llm_api_key or ""])
-    out_root = Path(args.out)
-    llm = LLMClient(args)
-
-    def process(clip_id: str) -> dict:
-        info = ClipInfo.load(out_root, clip_id)
-        items, counts = object_items(llm, args, info)
-        write_json_atomic(info.paths.qa_json("object"), items)
-        return dict(counts)
-
-    run_step(out_root, STEP, args.select(clips_completed_by(out_root, "masks")), process, args.workers, args.retry_failed)
-    return 0
-
+    return run_qa_step(STEP, "object", ObjectQAArguments, object_items, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

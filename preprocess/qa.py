@@ -1,5 +1,5 @@
 """What the two QA steps (camera_qa, object_qa) share: their flags, the clip they read, the
-question rewrite, the chain-of-thought request, and the QA record.
+question rewrite, the chain-of-thought request, the QA record, and the step's main loop.
 
 QA record (one item; paths relative to the output root):
     id, clip_id, kind ("camera" | "object"), type, question (with the lettered options),
@@ -19,9 +19,9 @@ from dift.conversation import question_with_options
 from .cot import SEPARATOR, cot_prompt, validate_cot
 from .frames import uniform_subsample
 from .labels import Choice
-from .layout import ClipPaths, read_json
+from .layout import ClipPaths, read_json, write_json_atomic
 from .llm import LLMArguments, LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
-from .runner import StepArguments
+from .runner import StepArguments, clips_completed_by, parse_args, run_step, setup_logging
 
 log = logging.getLogger(__name__)
 MIN_QUESTION_CHARS = 10
@@ -115,3 +115,21 @@ def qa_record(info: ClipInfo, item_id: str, kind: str, qtype: str, question_text
         "original_image_paths": [info.paths.rel(info.frame_path(n)) for n in info.frame_numbers],
         "segment": segment,
     }
+
+
+def run_qa_step(step: str, kind: str, arguments: type[QAArguments], make_items, argv=None) -> int:
+    """A QA step's `main`: for every clip the masks step finished, `make_items(llm, args, info)` ->
+    (items, counts); the items are written atomically to the clip's `<kind>_qa.json`."""
+    args = parse_args(arguments, argv)
+    setup_logging(args.log_level, [args.llm_api_key or ""])
+    out_root = Path(args.out)
+    llm = LLMClient(args)
+
+    def process(clip_id: str) -> dict:
+        info = ClipInfo.load(out_root, clip_id)
+        items, counts = make_items(llm, args, info)
+        write_json_atomic(info.paths.qa_json(kind), items)
+        return dict(counts)
+
+    run_step(out_root, step, args.select(clips_completed_by(out_root, "masks")), process, args.workers, args.retry_failed)
+    return 0

@@ -36,6 +36,16 @@ def tiny_latent(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("tiny-latent"), preset="tiny", seed=0, latent=True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of small-op model workloads: on the shared 2-core machine,
+    OpenMP threads spinning against other processes made them up to ten times slower. Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _frame_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FOURDTHINKER_FRAME_CACHE", str(tmp_path / "frame_cache"))

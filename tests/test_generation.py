@@ -32,14 +32,8 @@ from scripts.synthetic_media import moving_square_frames
 K = 4  # the tiny checkpoint's latent_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spinning against other
-    processes made these small-op workloads up to ten times slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# See conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

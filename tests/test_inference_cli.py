@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dift.inference import main
 from scripts.synthetic_media import moving_square_frames, write_mp4
@@ -18,14 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "In which direction does the red square move?\n\nA. Left\nB. Right\nC. Up\nD. Down"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spinning against other
-    processes made these small-op workloads up to ten times slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# See conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_video_end_to_end_in_a_subprocess(tiny_latent, tmp_path):

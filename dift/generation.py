@@ -37,8 +37,8 @@ from .tokens import IM_END, IM_START, LatentTokenIds
 log = logging.getLogger(__name__)
 
 LATENT_ABLATIONS = ("none", "zero", "noise")
-# Vision inputs of a processor batch that the prefill forward takes.
 NUCLEUS_CANDIDATES = 1024  # top-p sampling looks for the nucleus among this many most likely tokens first
+# Vision inputs of a processor batch that the prefill forward takes.
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -202,8 +202,9 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     with the norm of the hidden state it replaces, from the row's generator). tokenizer: fills
     `GenerationResult.text`. return_logprobs: False skips the per-step log-softmax over the vocabulary
     (evaluation and inference never read the log-probs; RL does). stop_ids: tokens that end a row
-    (default `<|im_end|>` only; never inside a latent block, whose tokens are forced). logits_processor(step, rows, scores) -> scores: changes what the
-    sampler sees (rows = the batch indices of the active rows); reported log-probs stay the model's.
+    (default `<|im_end|>` only; never inside a latent block, whose tokens are forced).
+    logits_processor(step, rows, scores) -> scores: changes what the sampler sees (rows = the batch
+    indices of the active rows); reported log-probs stay the model's.
     """
     if latent_ablation not in LATENT_ABLATIONS:
         raise ValueError(f"latent_ablation must be one of {LATENT_ABLATIONS}, got {latent_ablation!r}")

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dift.checkpoint import load_latent_model  # noqa: E402
@@ -45,6 +44,7 @@ from preprocess.frames import (  # noqa: E402
     load_frame_folder,
     write_frames,
 )
+from scripts.bench_generate import upstream_generation_config  # noqa: E402
 from scripts.build_tiny_model import write_checkpoint  # noqa: E402
 from scripts.make_demo_benchmark import build_benchmark  # noqa: E402
 
@@ -54,13 +54,7 @@ def original_loop(loaded, items, video_root: Path, sampling: SamplingConfig, fra
     """The original's evaluation loop: extraction per question into a fresh folder (thread pool),
     questions answered in extraction-completion order, one at a time by `generate()`."""
     t = loaded.token_ids
-    # Every field explicit (the original's inherited top-k 1 and repetition penalty 1.05 are not
-    # reproduced); min_new_tokens = max_new_tokens, so both sides decode the same number of tokens.
-    sampler = (dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-               if sampling.do_sample else dict(do_sample=False))
-    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.max_new_tokens,
-                              repetition_penalty=1.0, eos_token_id=[t.im_end, t.text_pad], pad_token_id=t.text_pad,
-                              **sampler)
+    config = upstream_generation_config(t, sampling, [t.im_end, t.text_pad])
 
     def extract(item):
         folder = frame_root / f"{item.index}_{item.video_id}"

@@ -60,12 +60,20 @@ def time_generation(loaded, batches: list, sampling: SamplingConfig, logprobs: b
     return time.perf_counter() - start, n_tokens
 
 
+def upstream_generation_config(token_ids, sampling: SamplingConfig, stop_ids) -> GenerationConfig:
+    """The library `generate()` settings of a baseline that matches `sampling`: every field explicit
+    (the original's inherited top-k 1 and repetition penalty 1.05 are not reproduced), and
+    min_new_tokens = max_new_tokens, so the baseline decodes as many tokens as our loop."""
+    sampler = (dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+               if sampling.do_sample else dict(do_sample=False))
+    return GenerationConfig(max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.max_new_tokens,
+                            repetition_penalty=1.0, eos_token_id=list(stop_ids), pad_token_id=token_ids.text_pad,
+                            **sampler)
+
+
 def time_upstream_generate(loaded, batches: list, sampling: SamplingConfig) -> tuple[float, int]:
-    """The same, with the library's `generate` (no latent handling; every field explicit, and
-    min_new_tokens = max_new_tokens so it produces as many tokens as our loop)."""
-    t = loaded.token_ids
-    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.max_new_tokens,
-                              do_sample=False, repetition_penalty=1.0, eos_token_id=t.im_end, pad_token_id=t.text_pad)
+    """The same, with the library's `generate` (no latent handling)."""
+    config = upstream_generation_config(loaded.token_ids, sampling, [loaded.token_ids.im_end])
     start = time.perf_counter()
     n_tokens = 0
     with torch.no_grad():

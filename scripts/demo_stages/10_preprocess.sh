@@ -4,10 +4,7 @@
 # $WORK/engine/dift_data.jsonl (read by the DIFT stage) and the RL data at $WORK/engine/rl_data.jsonl.
 # Env from demo.sh: PY, WORK.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-PY="${PY:-$ROOT/.venv/bin/python}"
-WORK="${WORK:-$ROOT/.cache/demo}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ENGINE="$WORK/engine"
 SRC="$WORK/spatialvid"
 SAM3="$WORK/tiny-sam3"

@@ -7,10 +7,7 @@
 # synthetic demo data, built into $WORK/dift_data).
 # Output: $WORK/dift_out/dift_demo/checkpoints (the final checkpoint; later stages' DIFT_MODEL).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-PY="${PY:-$ROOT/.venv/bin/python}"
-WORK="${WORK:-$ROOT/.cache/demo}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BASE_MODEL="${BASE_MODEL:-$WORK/tiny-qwen2.5-vl}"
 [[ -f "$BASE_MODEL/config.json" ]] || "$PY" scripts/build_tiny_model.py --out "$BASE_MODEL"
 DATA="${DIFT_DATA:-}"

@@ -4,15 +4,8 @@
 # Env from demo.sh: PY, WORK; DIFT_MODEL = the checkpoint to ask (default: a tiny latent checkpoint
 # built into $WORK/tiny-latent).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-PY="${PY:-$ROOT/.venv/bin/python}"
-WORK="${WORK:-$ROOT/.cache/demo}"
-MODEL="${DIFT_MODEL:-}"
-if [[ -z "$MODEL" ]]; then
-  MODEL="$WORK/tiny-latent"
-  [[ -f "$MODEL/config.json" ]] || "$PY" scripts/build_tiny_model.py --out "$MODEL" --latent
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+MODEL="$(dift_model)"
 INF="$WORK/inference"
 mkdir -p "$INF"
 "$PY" - "$INF" <<'PYEOF'

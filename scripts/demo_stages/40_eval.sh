@@ -4,15 +4,8 @@
 # Env from demo.sh: PY, WORK; DIFT_MODEL = the checkpoint to evaluate (default: a tiny latent
 # checkpoint built into $WORK/tiny-latent).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-PY="${PY:-$ROOT/.venv/bin/python}"
-WORK="${WORK:-$ROOT/.cache/demo}"
-MODEL="${DIFT_MODEL:-}"
-if [[ -z "$MODEL" ]]; then
-  MODEL="$WORK/tiny-latent"
-  [[ -f "$MODEL/config.json" ]] || "$PY" scripts/build_tiny_model.py --out "$MODEL" --latent
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+MODEL="$(dift_model)"
 EVAL="$WORK/eval"
 "$PY" scripts/make_demo_benchmark.py --out "$EVAL/bench" --per_type 2 --seed 0 --missing 1 --corrupt 1
 # A fresh results file each demo run (rerunning with the same --output_file resumes instead).

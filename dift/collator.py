@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .conversation import count_output_images, render_training_text
-from .inputs import encode_batch, encode_helper_images
-from .latent_ops import IGNORE_INDEX, build_image_out_mask
-from .tokens import LatentTokenIds
+from .core.conversation import count_output_images, render_training_text
+from .core.inputs import encode_batch, encode_helper_images
+from .core.latent_ops import IGNORE_INDEX, build_image_out_mask
+from .core.tokens import LatentTokenIds
 
 
 def assistant_token_id(tokenizer) -> int:

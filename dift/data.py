@@ -24,9 +24,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from preprocess.frames import MAX_FRAMES, load_image, load_images, uniform_subsample
+from dift.core.frames import MAX_FRAMES, load_image, load_images, uniform_subsample
 
-from .conversation import OUTPUT_FORMAT_SUFFIX, count_output_images
+from .core.conversation import OUTPUT_FORMAT_SUFFIX, count_output_images
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class DIFTJsonlDataset(Dataset):
     Items are what `dift.collator.DIFTCollator` takes: `visual` (list of PIL frames, at most
     `max_frames`, uniformly subsampled; or one PIL image), `question` (`text_input`), `text_output`,
     `helper_images` (list of PIL), plus `id` and `source` ("file:line", used in error messages).
-    Frames and helper images are RGB and area-capped by `preprocess.frames.load_image`.
+    Frames and helper images are RGB and area-capped by `dift.core.frames.load_image`.
     """
 
     def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None,

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from evaluation.extraction import extract_answer
-from preprocess.frames import FrameCache, VideoDecodeError, load_frame_folder, load_video_frames
+from dift.core.extraction import extract_answer
+from dift.core.frames import FrameCache, VideoDecodeError, load_frame_folder, load_video_frames
 
-from .checkpoint import load_latent_model
-from .generation import LATENT_ABLATIONS, Question, SamplingConfig, answer_questions
-from .tokens import LatentCheckpointError
+from .core.checkpoint import load_latent_model
+from .core.generation import LATENT_ABLATIONS, Question, SamplingConfig, answer_questions
+from .core.tokens import LatentCheckpointError
 
 log = logging.getLogger("dift.inference")
 

@@ -29,14 +29,14 @@ import torch
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
-from preprocess.frames import MAX_FRAMES
+from dift.core.frames import MAX_FRAMES
 
-from .checkpoint import load_processor, prepare_base_model_for_dift
 from .collator import DIFTCollator
+from .core.checkpoint import load_processor, prepare_base_model_for_dift
+from .core.latent_config import COMPRESS_STRATEGIES, DEFAULTS
+from .core.model import LatentQwen2_5_VL
+from .core.tokens import LatentCheckpointError
 from .data import DIFTDataError, DIFTJsonlDataset
-from .latent_config import COMPRESS_STRATEGIES, DEFAULTS
-from .model import LatentQwen2_5_VL
-from .tokens import LatentCheckpointError
 from .trainer import DIFTTrainer, LogFileCallback
 
 log = logging.getLogger("dift.train")

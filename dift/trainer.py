@@ -19,9 +19,9 @@ import logging
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .conversation import OUTPUT_FORMAT_SUFFIX
-from .latent_ops import IGNORE_INDEX
-from .tokens import IM_START
+from .core.conversation import OUTPUT_FORMAT_SUFFIX
+from .core.latent_ops import IGNORE_INDEX
+from .core.tokens import IM_START
 
 log = logging.getLogger(__name__)
 # The per-step metric lines go to log.txt only (the console already gets them from the progress bar).

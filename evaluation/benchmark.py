@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dift.conversation import question_with_options
-
-from .extraction import normalize_gt
+from dift.core.conversation import question_with_options
+from dift.core.extraction import normalize_gt
 
 VIDEO_ID_FIELDS = ("videoID", "video")
 OPTIONS_FIELDS = ("options", "candidates")

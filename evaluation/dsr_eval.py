@@ -6,9 +6,9 @@ data-parallel.
     torchrun --nproc_per_node 2 -m evaluation.dsr_eval ...same flags...   # one shard per process
 
 Reads the benchmark (`evaluation.benchmark`), takes each video's frames at 1 fps from the on-disk
-frame cache (`preprocess.frames`; a thread pool prepares upcoming batches while the model runs),
-answers in batches with latent-aware generation (`dift.generation.answer_questions`), scores with
-`evaluation.extraction` and writes:
+frame cache (`dift.core.frames`; a thread pool prepares upcoming batches while the model runs),
+answers in batches with latent-aware generation (`dift.core.generation.answer_questions`), scores with
+`dift.core.extraction` and writes:
 - the results JSONL, one line per evaluated question, appended and fsynced as each batch finishes
   (in a data-parallel run each rank appends to its own part file; rank 0 merges them in file order);
 - `<name>_summary.json` (atomically) and the printed accuracy table (`evaluation.metrics`);
@@ -41,11 +41,17 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import HfArgumentParser
 
-from dift.generation import LATENT_ABLATIONS, GenerationResult, Question, SamplingConfig, answer_questions
-from preprocess.frames import MAX_FRAMES, FrameCache, VideoDecodeError, load_video_frames, prefetch_ordered
+from dift.core.extraction import EVAL_LETTERS, extract_answer, score_answer
+from dift.core.frames import MAX_FRAMES, FrameCache, VideoDecodeError, load_video_frames, prefetch_ordered
+from dift.core.generation import (
+    LATENT_ABLATIONS,
+    GenerationResult,
+    Question,
+    SamplingConfig,
+    answer_questions,
+)
 
 from .benchmark import BenchmarkItem, load_benchmark
-from .extraction import EVAL_LETTERS, extract_answer, score_answer
 from .metrics import aggregate, format_report
 from .results import (
     ResultsWriter,
@@ -354,7 +360,7 @@ def summarize(records: list[dict], items: list[BenchmarkItem], skipped: Counter,
 
 def run_eval(args: EvalArguments) -> dict | None:
     """Evaluate, resume or finish a run; returns the summary on rank 0 (None on other ranks)."""
-    from dift.checkpoint import load_latent_model
+    from dift.core.checkpoint import load_latent_model
 
     ranks = Ranks.from_env()
     ranks.init(args.dist_timeout_s)
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def cli() -> None:
     """`python -m evaluation.dsr_eval`: bad input ends with one line naming what to fix, not a traceback."""
-    from dift.tokens import LatentCheckpointError
+    from dift.core.tokens import LatentCheckpointError
 
     from .benchmark import BenchmarkError
     from .results import ResultsFileError

@@ -1,7 +1,7 @@
 """Per-sub-task aggregation of scored DSR results, the summary JSON and the printed table.
 
 Pure functions over result records (dicts with at least `hit` and `subtask_type`); scoring of one
-output lives in `evaluation.extraction`. Rules (spec evaluation.md "Sub-tasks", "Outputs"):
+output lives in `dift.core.extraction`. Rules (spec evaluation.md "Sub-tasks", "Outputs"):
 - the 13 sub-task keys map to column names, in table order; keys are compared lower-cased and
   stripped; a record of an unknown type counts in the overall accuracy only;
 - "Avg" is the macro average over the sub-tasks with at least one evaluated question (0 if none);

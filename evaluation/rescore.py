@@ -23,7 +23,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .extraction import EVAL_LETTERS, check_letters, extract_answer, score_answer
+from dift.core.extraction import EVAL_LETTERS, check_letters, extract_answer, score_answer
+
 from .metrics import aggregate, format_report
 from .results import ResultsFileError, atomic_write_json, read_results, summary_path, write_results
 

@@ -34,6 +34,6 @@ QA records to OUT, DIFT/RL records to the folder of their own JSONL file):
       dift_data.unchecked.jsonl, rl_data.unchecked.jsonl   convert
       dift_data.jsonl, rl_data.jsonl                       check (what training reads)
 
-`preprocess.frames` (owned separately) holds the frame-decoding and sizing rules the training,
+`dift.core.frames` (owned separately) holds the frame-decoding and sizing rules the training,
 evaluation and RL stages share.
 """

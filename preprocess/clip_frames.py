@@ -20,7 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .frames import MAX_FRAMES, write_frames
+from dift.core.frames import MAX_FRAMES, write_frames
+
 from .layout import ClipPaths, frame_file_name, write_json_atomic
 from .runner import ClipFailure, StepArguments, parse_args, run_step, setup_logging
 from .spatialvid import (

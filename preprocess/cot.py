@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from dift.conversation import count_output_images
-from dift.tokens import OUTPUT_IMAGE_PLACEHOLDER
+from dift.core.conversation import count_output_images
+from dift.core.tokens import OUTPUT_IMAGE_PLACEHOLDER
 
 from .labels import Choice
 from .llm import ReplyInvalid

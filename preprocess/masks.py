@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .frames import list_frame_files
+from dift.core.frames import list_frame_files
+
 from .layout import ClipPaths, atomic_folder, frame_number, read_json, write_json_atomic
 from .overlays import masked_frame
 from .runner import StepArguments, StepState, clips_completed_by, parse_args, run_step, setup_logging

@@ -25,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .frames import fit_video_frames, load_frame_folder, uniform_subsample
+from dift.core.frames import fit_video_frames, load_frame_folder, uniform_subsample
+
 from .labels import (
     DIRECTIONS,
     DISTANCES,
@@ -138,7 +139,7 @@ def _json_list(labels) -> str:
 
 def model_grid_box(info: ClipInfo, mask_path: Path) -> str | None:
     """The mask's box as `[x1,y1,x2,y2]` in the pixel grid of the frames as the model is fed them
-    (preprocess.frames' area cap, then qwen-vl-utils' video fit), rounded and clamped."""
+    (dift.core.frames' area cap, then qwen-vl-utils' video fit), rounded and clamped."""
     frame = load_frame_folder(info.paths.frames_dir)
     _, _, grid_h, grid_w = fit_video_frames(frame).shape
     width, height = info.clip["width"], info.clip["height"]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import list_frame_files
+from dift.core.frames import list_frame_files
+
 from .layout import ClipPaths, write_json_atomic
 from .llm import (
     LLMArguments,

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dift.conversation import question_with_options
+from dift.core.conversation import question_with_options
+from dift.core.frames import uniform_subsample
 
 from .cot import SEPARATOR, cot_prompt, validate_cot
-from .frames import uniform_subsample
 from .labels import Choice
 from .layout import ClipPaths, read_json, write_json_atomic
 from .llm import LLMArguments, LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part

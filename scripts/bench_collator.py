@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.checkpoint import load_processor  # noqa: E402
 from dift.collator import DIFTCollator, assistant_token_id, build_labels, check_latent_blocks  # noqa: E402
-from dift.conversation import OUTPUT_FORMAT_SUFFIX  # noqa: E402
-from dift.inputs import encode_batch, encode_helper_images, prepare_visual  # noqa: E402
-from dift.latent_ops import IGNORE_INDEX, build_image_out_mask  # noqa: E402
-from dift.tokens import (  # noqa: E402
+from dift.core.checkpoint import load_processor  # noqa: E402
+from dift.core.conversation import OUTPUT_FORMAT_SUFFIX  # noqa: E402
+from dift.core.frames import FRAME_FPS  # noqa: E402
+from dift.core.inputs import encode_batch, encode_helper_images, prepare_visual  # noqa: E402
+from dift.core.latent_ops import IGNORE_INDEX, build_image_out_mask  # noqa: E402
+from dift.core.tokens import (  # noqa: E402
     IMAGE_PAD,
     LATENT_END,
     LATENT_START,
@@ -39,7 +40,6 @@ from dift.tokens import (  # noqa: E402
     VISION_START,
     add_latent_tokens,
 )
-from preprocess.frames import FRAME_FPS  # noqa: E402
 from scripts.synthetic_media import moving_square_frames  # noqa: E402
 
 log = logging.getLogger("bench_collator")

@@ -30,20 +30,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.checkpoint import load_latent_model  # noqa: E402
-from dift.conversation import render_generation_prompt  # noqa: E402
-from dift.generation import SamplingConfig, decode_answer_text  # noqa: E402
-from dift.inputs import encode_batch  # noqa: E402
-from evaluation import dsr_eval  # noqa: E402
-from evaluation.benchmark import load_benchmark  # noqa: E402
-from evaluation.extraction import extract_answer  # noqa: E402
-from evaluation.results import ResultsWriter  # noqa: E402
-from preprocess.frames import (  # noqa: E402
+from dift.core.checkpoint import load_latent_model  # noqa: E402
+from dift.core.conversation import render_generation_prompt  # noqa: E402
+from dift.core.extraction import extract_answer  # noqa: E402
+from dift.core.frames import (  # noqa: E402
     FrameCache,
     decode_video_frames,
     load_frame_folder,
     write_frames,
 )
+from dift.core.generation import SamplingConfig, decode_answer_text  # noqa: E402
+from dift.core.inputs import encode_batch  # noqa: E402
+from evaluation import dsr_eval  # noqa: E402
+from evaluation.benchmark import load_benchmark  # noqa: E402
+from evaluation.results import ResultsWriter  # noqa: E402
 from scripts.bench_generate import upstream_generation_config  # noqa: E402
 from scripts.build_tiny_model import write_checkpoint  # noqa: E402
 from scripts.make_demo_benchmark import build_benchmark  # noqa: E402

@@ -28,10 +28,10 @@ import torch
 from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.checkpoint import load_latent_model  # noqa: E402
-from dift.conversation import question_with_options, render_generation_prompt  # noqa: E402
-from dift.generation import SamplingConfig, generate_with_latents  # noqa: E402
-from dift.inputs import encode_batch  # noqa: E402
+from dift.core.checkpoint import load_latent_model  # noqa: E402
+from dift.core.conversation import question_with_options, render_generation_prompt  # noqa: E402
+from dift.core.generation import SamplingConfig, generate_with_latents  # noqa: E402
+from dift.core.inputs import encode_batch  # noqa: E402
 from scripts.build_tiny_model import write_checkpoint  # noqa: E402
 from scripts.synthetic_media import DIRECTIONS, moving_square_frames  # noqa: E402
 

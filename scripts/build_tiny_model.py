@@ -34,9 +34,9 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.checkpoint import build_default_image_processor, build_default_video_processor  # noqa: E402
-from dift.latent_config import set_latent_config  # noqa: E402
-from dift.tokens import (  # noqa: E402
+from dift.core.checkpoint import build_default_image_processor, build_default_video_processor  # noqa: E402
+from dift.core.latent_config import set_latent_config  # noqa: E402
+from dift.core.tokens import (  # noqa: E402
     IM_END,
     LATENT_TOKENS,
     PAD_TOKEN,

@@ -17,9 +17,9 @@ import torch
 from transformers import AutoProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.checkpoint import prepare_base_model_for_dift  # noqa: E402
 from dift.collator import DIFTCollator  # noqa: E402
-from dift.model import LatentQwen2_5_VL  # noqa: E402
+from dift.core.checkpoint import prepare_base_model_for_dift  # noqa: E402
+from dift.core.model import LatentQwen2_5_VL  # noqa: E402
 from scripts.synthetic_media import moving_square_frames  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dift.conversation import question_with_options  # noqa: E402
-from dift.tokens import OUTPUT_IMAGE_PLACEHOLDER  # noqa: E402
+from dift.core.conversation import question_with_options  # noqa: E402
+from dift.core.tokens import OUTPUT_IMAGE_PLACEHOLDER  # noqa: E402
 from scripts.synthetic_media import moving_square_frames, square_mask  # noqa: E402
 
 log = logging.getLogger("make_demo_dift_data")

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dift.checkpoint import load_processor
 from dift.collator import DIFTCollator, assistant_token_id, build_labels, check_latent_blocks
-from dift.latent_ops import IGNORE_INDEX, build_image_out_mask
-from dift.tokens import LatentTokenIds
+from dift.core.checkpoint import load_processor
+from dift.core.latent_ops import IGNORE_INDEX, build_image_out_mask
+from dift.core.tokens import LatentTokenIds
 from scripts.bench_collator import baseline_collate
 from scripts.synthetic_media import moving_square_frames
 

@@ -8,11 +8,11 @@ import re
 import pytest
 from PIL import Image
 
-from dift.checkpoint import load_processor
 from dift.collator import DIFTCollator
-from dift.conversation import OUTPUT_FORMAT_SUFFIX
+from dift.core.checkpoint import load_processor
+from dift.core.conversation import OUTPUT_FORMAT_SUFFIX
+from dift.core.tokens import LatentTokenIds
 from dift.data import DIFTDataError, DIFTJsonlDataset
-from dift.tokens import LatentTokenIds
 from scripts.make_demo_dift_data import write_demo_data
 
 

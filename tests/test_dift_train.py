@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dift.checkpoint import load_latent_model, load_processor
 from dift.collator import DIFTCollator
+from dift.core.checkpoint import load_latent_model, load_processor
+from dift.core.tokens import LatentTokenIds
 from dift.data import DIFTJsonlDataset
-from dift.tokens import LatentTokenIds
 from dift.train import (
     TASKS,
     DIFTTrainingArguments,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dift.core.frames import VideoDecodeError, decode_video_frames
 from evaluation.benchmark import BenchmarkError, load_benchmark, parse_options
 from evaluation.metrics import SUBTASK_COLUMNS
-from preprocess.frames import VideoDecodeError, decode_video_frames
 from scripts.make_demo_benchmark import build_benchmark
 
 ROWS = [

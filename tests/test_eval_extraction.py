@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation.extraction import (
+from dift.core.extraction import (
     ANSWER_PREFIXES,
     EVAL_LETTERS,
     RL_LETTERS,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from dift.checkpoint import load_latent_model
-from dift.generation import SamplingConfig
+from dift.core.checkpoint import load_latent_model
+from dift.core.extraction import extract_answer
+from dift.core.generation import SamplingConfig
 from evaluation import dsr_eval, rescore
 from evaluation.benchmark import load_benchmark
-from evaluation.extraction import extract_answer
 from evaluation.metrics import aggregate
 from evaluation.results import RESULT_FIELDS, read_results, summary_path
 from scripts.make_demo_benchmark import build_benchmark

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preprocess import frames as F
+from dift.core import frames as F
 from scripts.synthetic_media import moving_square_frames, write_mp4
 
 

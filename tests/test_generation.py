@@ -1,4 +1,4 @@
-"""Latent-aware batched generation and latent replay (dift.generation, dift.replay).
+"""Latent-aware batched generation and latent replay (dift.core.generation, dift.core.replay).
 
 A random tiny model rarely samples `<|latent_start|>` on its own, so the tests steer it with the
 loop's `logits_processor` hook (it changes what the sampler sees, never the reported log-probs):
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from dift.checkpoint import load_latent_model
-from dift.conversation import render_generation_prompt
-from dift.generation import (
+from dift.core.checkpoint import load_latent_model
+from dift.core.conversation import render_generation_prompt
+from dift.core.generation import (
     NUCLEUS_CANDIDATES,
     GenerationResult,
     Question,
@@ -25,8 +25,8 @@ from dift.generation import (
     generate_with_latents,
     sample_from_scores,
 )
-from dift.inputs import encode_batch
-from dift.replay import replay_logprobs, replay_results
+from dift.core.inputs import encode_batch
+from dift.core.replay import replay_logprobs, replay_results
 from scripts.synthetic_media import moving_square_frames
 
 K = 4  # the tiny checkpoint's latent_size

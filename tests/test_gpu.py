@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dift.checkpoint import load_latent_model
 from dift.collator import DIFTCollator
-from dift.conversation import render_generation_prompt
-from dift.generation import SamplingConfig, generate_with_latents
-from dift.inputs import encode_batch
-from dift.replay import replay_results
+from dift.core.checkpoint import load_latent_model
+from dift.core.conversation import render_generation_prompt
+from dift.core.generation import SamplingConfig, generate_with_latents
+from dift.core.inputs import encode_batch
+from dift.core.replay import replay_results
 from scripts.synthetic_media import moving_square_frames
 
 pytestmark = pytest.mark.gpu

@@ -1,11 +1,11 @@
-"""dift.kv_cache.GrowingLayer: the same keys, values and sizes as upstream's DynamicLayer, appended in place."""
+"""dift.core.kv_cache.GrowingLayer: the same keys, values and sizes as upstream's DynamicLayer, appended in place."""
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from dift.kv_cache import GrowingLayer
+from dift.core.kv_cache import GrowingLayer
 
 
 def assert_same(ours: GrowingLayer, upstream: DynamicLayer):

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from dift.checkpoint import load_latent_model, prepare_base_model_for_dift
 from dift.collator import DIFTCollator
-from dift.latent_ops import compress_latent_features
-from dift.model import LatentQwen2_5_VL
-from dift.tokens import LatentCheckpointError
+from dift.core.checkpoint import load_latent_model, prepare_base_model_for_dift
+from dift.core.latent_ops import compress_latent_features
+from dift.core.model import LatentQwen2_5_VL
+from dift.core.tokens import LatentCheckpointError
 from scripts.build_tiny_model import write_checkpoint
 from scripts.synthetic_media import moving_square_frames
 
@@ -171,8 +171,8 @@ def test_original_layout_checkpoint_loads_with_same_logits(tmp_path):
     assert b.latent == a.latent and b.token_ids == a.token_ids
     assert b.processor.image_processor.size.longest_edge == 12_845_056
     frames = moving_square_frames(4)
-    from dift.conversation import render_generation_prompt
-    from dift.inputs import encode_batch
+    from dift.core.conversation import render_generation_prompt
+    from dift.core.inputs import encode_batch
 
     batch = encode_batch(a.processor, [render_generation_prompt(a.processor, frames, "Q?")], [frames])
     with torch.no_grad():

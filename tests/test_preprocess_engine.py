@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dift.tokens import OUTPUT_IMAGE_PLACEHOLDER
+from dift.core.tokens import OUTPUT_IMAGE_PLACEHOLDER
 from preprocess import camera_qa, check, clip_frames, convert, masks, merge, object_qa, objects
 from preprocess.check import check_file
 from preprocess.labels import camera_moves_text

@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dift.checkpoint import prepare_base_model_for_dift
-from dift.model import LatentQwen2_5_VL
-from dift.tokens import (
+from dift.core.checkpoint import prepare_base_model_for_dift
+from dift.core.model import LatentQwen2_5_VL
+from dift.core.tokens import (
     LATENT_TOKENS,
     QWEN2_5_VL_SPECIAL_TOKENS,
     LatentCheckpointError,

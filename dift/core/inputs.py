@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from preprocess.frames import FRAME_FPS, fit_image, fit_video_frames
+from dift.core.frames import FRAME_FPS, fit_image, fit_video_frames
 
 Visual = Sequence[Image.Image] | Image.Image | None
 

@@ -195,7 +195,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
                           tokenizer=None, return_logprobs: bool = True, stop_ids: Sequence[int] | None = None,
                           logits_processor: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                           ) -> list[GenerationResult]:
-    """Generate from a left-padded prompt batch (`dift.inputs.encode_batch(..., padding_side="left")`).
+    """Generate from a left-padded prompt batch (`dift.core.inputs.encode_batch(..., padding_side="left")`).
 
     seeds: one per row; each row samples from its own generator (default: drawn from torch's global
     RNG). latent_ablation: "none" | "zero" (zeros fed in latent blocks) | "noise" (Gaussian noise
@@ -374,7 +374,7 @@ class Question:
 
 def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingConfig, batch_size: int = 8,
                      latent_ablation: str = "none", progress: bool = True) -> Iterator[tuple[int, GenerationResult]]:
-    """Answer `questions` with a loaded DIFT model (`dift.checkpoint.LoadedModel`) in batches of
+    """Answer `questions` with a loaded DIFT model (`dift.core.checkpoint.LoadedModel`) in batches of
     `batch_size`; yields (question index, result) in input order as each batch finishes. Log-probs
     are not computed (`result.logprobs` is None): nothing downstream of a question reads them. A row
     stops at `<|im_end|>` or `<|endoftext|>`, the end tokens of Qwen2.5-VL's generation config that

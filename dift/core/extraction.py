@@ -3,7 +3,7 @@ the RL accuracy reward (so the reward the policy is trained on is exactly the me
 
 The original's procedure (spec evaluation.md "Answer extraction", fourdrl.md section 4) on the model
 text (decoded with special tokens kept, cut at the first `<|im_end|>`, stripped; see
-`dift.generation.decode_answer_text`):
+`dift.core.generation.decode_answer_text`):
 
 1. take the inner text of the first `<answer>...</answer>` (case-insensitive, across lines,
    shortest match), stripped; else the whole text;

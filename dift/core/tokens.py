@@ -93,7 +93,7 @@ class LatentTokenIds:
         if missing_latent:
             raise LatentCheckpointError(
                 f"{source}: the latent tokens {', '.join(missing_latent)} are missing "
-                "(not a DIFT checkpoint? train one with `python -m dift.train`, or call dift.tokens.add_latent_tokens)"
+                "(not a DIFT checkpoint? train one with `python -m dift.train`, or call dift.core.tokens.add_latent_tokens)"
             )
         missing = [k for k, v in ids.items() if v is None]
         if missing:

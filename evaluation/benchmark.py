@@ -76,7 +76,7 @@ def parse_options(value, where: str = "options") -> tuple[str, ...]:
             raise BenchmarkError(f"{where}: not a list literal: {text[:60]!r}") from None
     if not isinstance(value, (list, tuple)):
         raise BenchmarkError(f"{where}: expected a list of options, got {type(value).__name__}")
-    return tuple(str(o).strip() for o in value if o is not None and str(o).strip())
+    return tuple(str(o) for o in value if o is not None)  # raw, as the original joined them
 
 
 def _first_present(record: Mapping, names: tuple[str, ...]):
@@ -103,7 +103,7 @@ def parse_item(record: Mapping, index: int, where: str) -> BenchmarkItem:
     return BenchmarkItem(
         index=index,
         video_id=None if _is_missing(video_id) else str(video_id).strip(),
-        question=str(record["question"]).strip(),
+        question=str(record["question"]),  # as the file has it: the original concatenated the raw strings
         options=parse_options(options, f"{where} field {options_key!r}"),
         gt=normalize_gt(record["answer"]),
         subtask_type="" if _is_missing(record["type"]) else str(record["type"]),

@@ -8,7 +8,7 @@ load is outside the timings.
 - original: frames re-extracted for every question into a fresh folder by a 4-thread pool, each
   question answered as its extraction finishes, one at a time, by the library's `generate()` (the
   original's per-question call; here without its latent handling, so if anything faster);
-- ours: `evaluation.dsr_eval.evaluate_shard`: frame cache warm (a previous run filled it), frames
+- ours: `evaluation.evaluate.evaluate_shard`: frame cache warm (a previous run filled it), frames
   of upcoming batches prepared by a thread pool while the model runs, batches of `--batch_size`,
   results appended to a JSONL.
 Decoding is greedy unless `--sample` (the original's temperature 0.7, top_p 0.9). The random model
@@ -41,7 +41,7 @@ from dift.core.frames import (  # noqa: E402
 )
 from dift.core.generation import SamplingConfig, decode_answer_text  # noqa: E402
 from dift.core.inputs import encode_batch  # noqa: E402
-from evaluation import dsr_eval  # noqa: E402
+from evaluation import dsr_eval, evaluate  # noqa: E402
 from evaluation.benchmark import load_benchmark  # noqa: E402
 from evaluation.results import ResultsWriter  # noqa: E402
 from scripts.bench_generate import upstream_generation_config  # noqa: E402
@@ -78,7 +78,8 @@ def original_loop(loaded, items, video_root: Path, sampling: SamplingConfig, fra
 def ours(loaded, items, args: dsr_eval.EvalArguments, out: Path) -> int:
     out.unlink(missing_ok=True)
     with ResultsWriter(out) as writer:
-        dsr_eval.evaluate_shard(loaded, items, args, writer, show_progress=False)
+        sampling, _ = args.sampling(None)  # every field from the flags (bench_eval passes them all)
+        evaluate.evaluate_shard(loaded, items, args, sampling, writer, show_progress=False)
     return sum(1 for _ in out.open())
 
 

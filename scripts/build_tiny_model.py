@@ -115,7 +115,7 @@ def build_processor(tokenizer) -> Qwen2_5_VLProcessor:
                                tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(preset: str, tokenizer) -> Qwen2_5_VLConfig:
+def build_config(preset: str, tokenizer, untied: bool = False) -> Qwen2_5_VLConfig:
     p = PRESETS[preset]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>",
                                                            "<|vision_start|>", "<|vision_end|>")}
@@ -126,7 +126,7 @@ def build_config(preset: str, tokenizer) -> Qwen2_5_VLConfig:
                 pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN), **p["text"])
     vision = dict(hidden_act="silu", in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                   window_size=112, tokens_per_second=2, **p["vision"])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=not untied,
                             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
                             dtype=str(p["dtype"]).removeprefix("torch."))
@@ -141,8 +141,9 @@ def real_generation_config(tokenizer) -> GenerationConfig:
                             repetition_penalty=1.05, temperature=0.1, top_p=0.001, top_k=1)
 
 
-def build_model(preset: str, seed: int, tokenizer, device: str = "cpu") -> Qwen2_5_VLForConditionalGeneration:
-    config = build_config(preset, tokenizer)
+def build_model(preset: str, seed: int, tokenizer, device: str = "cpu",
+                untied: bool = False) -> Qwen2_5_VLForConditionalGeneration:
+    config = build_config(preset, tokenizer, untied)
     torch.manual_seed(seed)
     dtype = PRESETS[preset]["dtype"]
     with torch.device(device):
@@ -166,12 +167,14 @@ def smoke_forward(model, processor) -> None:
 
 
 def write_checkpoint(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, latent: bool = False,
-                     layout: str = "ours", latent_size: int = 4, device: str = "cpu") -> Path:
-    """Build and save a checkpoint folder; returns its path."""
+                     layout: str = "ours", latent_size: int = 4, device: str = "cpu", untied: bool = False) -> Path:
+    """Build and save a checkpoint folder; returns its path. `untied`: a separate, seeded random
+    output head (with the tied random tiny model, greedy decoding repeats the last input token
+    whatever the prompt, so tests whose power depends on outputs differing use an untied one)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    model = build_model(preset, seed, tokenizer, device=device)
+    model = build_model(preset, seed, tokenizer, device=device, untied=untied)
     processor = build_processor(tokenizer)
     smoke_forward(model, processor)
     if latent or layout == "original":
@@ -298,11 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent_size", type=int, default=4)
     parser.add_argument("--layout", choices=["ours", "original"], default="ours",
                         help="'original': the published code's layout (transformers 4.50 names; implies --latent)")
+    parser.add_argument("--untied", action="store_true",
+                        help="a separate random output head (outputs then depend on the input; for tests)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    out = write_checkpoint(args.out, args.preset, args.seed, args.latent, args.layout, args.latent_size, args.device)
+    out = write_checkpoint(args.out, args.preset, args.seed, args.latent, args.layout, args.latent_size, args.device,
+                          args.untied)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log.info("wrote %s checkpoint (%s layout%s) to %s: %.1f MB in %.1f s", args.preset, args.layout,
              ", latent tokens" if args.latent or args.layout == "original" else "", out, size / 1e6,

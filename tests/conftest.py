@@ -36,6 +36,14 @@ def tiny_latent(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("tiny-latent"), preset="tiny", seed=0, latent=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_latent_untied(tmp_path_factory) -> Path:
+    """`tiny_latent` with a separate seeded random output head: its greedy outputs depend on the
+    input (the tied one repeats the last input token for every prompt), which gives equality tests power."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny-latent-untied"), preset="tiny", seed=0, latent=True,
+                            untied=True)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module of small-op model workloads: on the shared 2-core machine,

@@ -104,7 +104,7 @@ def test_bad_files(tmp_path):
 def test_parse_options_formats():
     assert parse_options(np.array(["A. a", "B. b"])) == ("A. a", "B. b")
     assert parse_options("('A. a', 'B. b')") == ("A. a", "B. b")
-    assert parse_options(["A. a", None, " ", "B. b "]) == ("A. a", "B. b")
+    assert parse_options(["A. a", None, " B. b "]) == ("A. a", " B. b ")  # raw strings, as the original
     assert parse_options(float("nan")) == ()
 
 
@@ -141,3 +141,17 @@ def test_demo_benchmark_keeps_every_subtask_evaluable(tmp_path):
             corrupt.add(video_id)
     assert len(missing) == 1 and len(corrupt) == 1
     assert {it.subtask_type for it in items if it.video_id in readable} == set(SUBTASK_COLUMNS)
+
+
+def test_question_text_reaches_the_prompt_as_the_file_has_it(tmp_path, tiny_latent):
+    """No stripping: the original concatenated the raw question and option strings."""
+    from dift.core.checkpoint import load_processor
+    from dift.core.conversation import render_generation_prompt
+
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps({"videoID": "v", "question": "  Where does it go? ", "options": [" A. left ", "B. right\t"],
+                                "answer": "a", "type": "abs_dir"}) + "\n")
+    [item] = load_benchmark(path)
+    assert item.question_text == "  Where does it go? \n\n A. left \nB. right\t"
+    prompt = render_generation_prompt(load_processor(tiny_latent), [], item.question_text)
+    assert "  Where does it go? \n\n A. left \nB. right\t\nFirst, think" in prompt

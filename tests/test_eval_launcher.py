@@ -26,7 +26,7 @@ def test_launcher_runs_entries_and_reports_failures(tmp_path, tiny_latent):
                            "2 PLACEHOLDER_exp", "--", "--max_samples", "2", "--greedy", "--num_workers", "0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "FAILED  no_such_exp" in done.stderr and "checkpoint folder not found" in done.stderr
+    assert "FAILED  no_such_exp" in done.stderr and "no such checkpoint folder" in done.stderr
     assert "PLACEHOLDER" not in done.stdout + done.stderr
     assert sorted(p.name for p in results.iterdir()) == ["exp_latent2-7", "no_such_exp"]
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from dift.core.checkpoint import load_latent_model
+from dift.core.cli import UsageError
 from dift.core.extraction import extract_answer
 from dift.core.generation import SamplingConfig
-from evaluation import dsr_eval, rescore
+from evaluation import dsr_eval, evaluate, rescore
 from evaluation.benchmark import load_benchmark
 from evaluation.metrics import aggregate
 from evaluation.results import RESULT_FIELDS, read_results, summary_path
@@ -79,8 +80,11 @@ def test_outputs_follow_the_spec(setup, reference):
     assert (summary["total"], summary["eval_count"], summary["skipped"]) == (13, 10, 3)
     assert summary["skipped_by_reason"] == {"decode_failed": 2, "missing_video": 1}
     assert summary["latent_ablation"] == "none" and summary["world_size"] == 1
+    # top_k from the checkpoint's generation_config.json (Qwen2.5-VL's 1), the penalty from the flag.
     assert summary["sampling"] == {"max_new_tokens": 8, "do_sample": False, "temperature": 0.7, "top_p": 0.9,
-                                   "top_k": 0, "repetition_penalty": 3.0}
+                                   "top_k": 1, "repetition_penalty": 3.0}
+    assert summary["sampling_sources"] == {"top_k": str(setup["model"] / "generation_config.json"),
+                                           "repetition_penalty": "command line"}
     expected = aggregate(records, total=13, skipped=3)
     assert {k: summary[k] for k in expected} == expected
 
@@ -98,7 +102,7 @@ def test_rerun_is_a_noop_and_other_settings_are_refused(setup, reference, tmp_pa
     summary = dsr_eval.main(eval_argv(setup, output, "--batch_size", "4"))  # everything done: nothing to do
     assert output.read_text() == reference["text"]
     assert without_run_fields(summary) == without_run_fields(reference["summary"])
-    with pytest.raises(SystemExit, match="latent_ablation='none'"):
+    with pytest.raises(UsageError, match="latent_ablation='none'"):
         dsr_eval.main(eval_argv(setup, output, "--latent_ablation", "zero"))
 
 
@@ -162,8 +166,8 @@ def test_failed_question_is_recorded_and_the_rest_answered(setup):
     loaded = load_latent_model(setup["model"], dtype="float32", device="cpu")
     items = load_benchmark(setup["bench"] / "benchmark.parquet", max_samples=2)
     args = dsr_eval.parse_args(eval_argv(setup, setup["root"] / "unused.jsonl"))
-    frames = dsr_eval.prepare_frames(items[0], args.video_root, dsr_eval.FrameCache(args.frame_root))
-    records = dsr_eval.answer_batch(loaded, [(items[0], frames), (items[1], [])], args,
+    frames = evaluate.prepare_frames(items[0], args.video_root, evaluate.FrameCache(args.frame_root))
+    records = evaluate.answer_batch(loaded, [(items[0], frames), (items[1], [])], args,
                                     SamplingConfig(max_new_tokens=4, do_sample=False))
     assert [r["index"] for r in records] == [0, 1]
     assert records[0]["error"] is False and records[0]["num_tokens"] == 4
@@ -180,11 +184,39 @@ def test_latent_ablation_is_recorded(setup, tmp_path):
 def test_prepare_frames_skip_reasons(setup, tmp_path):
     """The questions the original skips: no video id, missing video, undecodable video."""
     items = load_benchmark(setup["bench"] / "benchmark.parquet")
-    cache = dsr_eval.FrameCache(tmp_path / "frames")
+    cache = evaluate.FrameCache(tmp_path / "frames")
     videos = str(setup["bench"] / "videos")
-    assert len(dsr_eval.prepare_frames(items[0], videos, cache)) == 2  # 8 frames at 4 fps: 2 at 1 fps
+    assert len(evaluate.prepare_frames(items[0], videos, cache)) == 2  # 8 frames at 4 fps: 2 at 1 fps
     no_id = dataclasses.replace(items[0], video_id=None)
     for item, reason in [(no_id, "no_video_id"), (items[6], "missing_video"), (items[5], "decode_failed")]:
-        with pytest.raises(dsr_eval.SkipQuestion) as info:
-            dsr_eval.prepare_frames(item, videos, cache)
+        with pytest.raises(evaluate.SkipQuestion) as info:
+            evaluate.prepare_frames(item, videos, cache)
         assert info.value.reason == reason
+
+
+def test_default_decoding_is_the_checkpoints_generation_config(setup, tiny_latent_untied, tmp_path):
+    """Like the original, a default run takes top_k 1 and repetition penalty 1.05 from the checkpoint's
+    generation_config.json: greedy with the penalty, whatever --temperature/--top_p say."""
+    model = tiny_latent_untied
+    assert json.loads((model / "generation_config.json").read_text())["top_k"] == 1
+
+    def run(name, *flags):
+        argv = ["--model_path", str(model), "--benchmark_path", str(setup["bench"] / "benchmark.parquet"),
+                "--video_root", str(setup["bench"] / "videos"), "--frame_root", str(setup["frames"]),
+                "--output_file", str(tmp_path / f"{name}.jsonl"), "--max_new_tokens", "12", "--batch_size", "4",
+                "--num_workers", "0", *flags]
+        summary = dsr_eval.main(argv)
+        return [r["raw"] for r in read_results(tmp_path / f"{name}.jsonl")], summary
+
+    default, summary = run("default")
+    explicit, _ = run("explicit", "--greedy", "--repetition_penalty", "1.05", "--generation_config", "flags")
+    sampled, sampled_summary = run("sampled", "--generation_config", "flags")
+    assert default == explicit
+    assert len(set(default)) > 3  # the untied head's answers differ between questions
+    assert sampled != default  # true sampling (top_k off, no penalty) decodes otherwise
+    run_json = json.loads((tmp_path / "default_run.json").read_text())
+    assert run_json["sampling"] == summary["sampling"] == {
+        "max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 1,
+        "repetition_penalty": 1.05}
+    assert set(run_json["sampling_sources"].values()) == {str(model / "generation_config.json")}
+    assert sampled_summary["sampling"]["top_k"] == 0 and sampled_summary["sampling"]["repetition_penalty"] == 1.0

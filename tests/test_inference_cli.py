@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dift.inference import main
+from dift.inference import cli, main
 from scripts.synthetic_media import moving_square_frames, write_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +60,13 @@ def test_bad_input_is_a_one_line_error(tiny_latent, tmp_path, capsys, case):
             "missing_model": ["--video", str(video), "--cache_dir", str(tmp_path / "cache")]}[case]
     model = str(tmp_path / "no_model") if case == "missing_model" else str(tiny_latent)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model_path", model, "--question", "Q?", *argv])
-    assert exit_info.value.code == 2
+        cli(["--model_path", model, "--question", "Q?", *argv])
+    code, prefix = (1, "python -m dift.inference: failed: ") if case == "empty_folder" else \
+        (2, "python -m dift.inference: error: ")
+    assert exit_info.value.code == code
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    expected = {"missing_video": "video not found: ", "empty_folder": "no frame_*.jpg files in ",
+    assert len(err.splitlines()) == 1 and err.startswith(prefix), err
+    expected = {"missing_video": "--video", "empty_folder": "no frame_*.jpg files in ",
                 "no_visual": "exactly one of --video", "both_visuals": "exactly one of --video",
-                "missing_model": "checkpoint folder not found: "}[case]
+                "missing_model": "no such checkpoint folder"}[case]
     assert expected in err

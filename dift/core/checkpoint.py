@@ -41,6 +41,23 @@ def build_default_video_processor() -> Qwen2VLVideoProcessor:
                                  do_sample_frames=False)
 
 
+def resolve_model_path(model_path: str, cache_dir: str | None = None, flag: str = "--model_path") -> str:
+    """A local checkpoint folder as is; anything else is taken for a Hugging Face Hub id and
+    downloaded into `cache_dir` (once). Offline, or for an unknown id, one line says what to pass."""
+    if Path(model_path).is_dir():
+        return model_path
+    if model_path.startswith((".", "/", "~")) or model_path.count("/") != 1:
+        raise FileNotFoundError(f"{flag} {model_path}: no such checkpoint folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model_path, cache_dir=cache_dir)
+    except Exception as err:  # offline, unknown id, gated repo: the hub client's errors span lines
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"{flag} {model_path}: not a local folder, and the Hub download failed "
+                                f"({reason[:160]}); pass a local checkpoint folder") from None
+
+
 def load_processor(path: str | Path) -> Qwen2_5_VLProcessor:
     """The checkpoint's processor; if it has no image-processor config (the original's DIFT
     checkpoints), the real Qwen2.5-VL settings are used and a warning says so."""

@@ -26,10 +26,10 @@ GENERATION_PROMPT = f"{IM_START}assistant"
 
 
 def question_with_options(question: str, options: Sequence[str] | None = None) -> str:
-    """Question, a blank line, then one option per line (only if there are options)."""
-    question = question.strip() if isinstance(question, str) else str(question)
-    options = [str(o).strip() for o in (options or []) if str(o).strip()]
-    return f"{question}\n\n" + "\n".join(options) if options else question
+    """Question, a blank line, then one option per line (only if there are options). Nothing is
+    stripped: the original concatenated the raw strings, so the model sees the text as the file has it."""
+    options = [str(o) for o in (options or [])]
+    return f"{question}\n\n" + "\n".join(options) if options else str(question)
 
 
 def user_message(visual, question: str, add_suffix: bool = True) -> dict:

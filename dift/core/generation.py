@@ -29,46 +29,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .conversation import render_generation_prompt
+from .decoding import LATENT_ABLATIONS, SamplingConfig
 from .inputs import encode_batch
 from .kv_cache import growing_cache
 from .model import mm_token_type_ids_from_ids
+from .positions import model_position_ids
 from .tokens import IM_END, IM_START, LatentTokenIds
 
 log = logging.getLogger(__name__)
 
-LATENT_ABLATIONS = ("none", "zero", "noise")
 NUCLEUS_CANDIDATES = 1024  # top-p sampling looks for the nucleus among this many most likely tokens first
 # Vision inputs of a processor batch that the prefill forward takes.
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-
-
-@dataclass
-class SamplingConfig:
-    """How tokens are chosen. Every field is explicit: generation_config.json is never consulted."""
-
-    max_new_tokens: int = 1024
-    do_sample: bool = True  # False = greedy
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self):
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.do_sample and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} (use do_sample=False for greedy)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    @property
-    def logprob_temperature(self) -> float:
-        """The T of the reported log-probs log_softmax(logits / T): the sampling temperature, 1 when greedy."""
-        return float(self.temperature) if self.do_sample else 1.0
 
 
 @dataclass
@@ -88,7 +60,8 @@ class GenerationResult:
 
 
 def prompt_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """M-RoPE positions of a padded prompt batch, (3, B, T), and each row's next position, (B,).
+    """M-RoPE positions of a padded prompt batch, (3, B, T), and each row's next position, (B,),
+    by the original's rule (`dift.core.positions`).
 
     Generated tokens continue from the row's largest prompt position + 1 on all three axes (what
     upstream generation does through `rope_deltas`); replay uses this same rule.
@@ -102,10 +75,9 @@ def prompt_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     mm_types = on_device("mm_token_type_ids")
     if mm_types is None:
         mm_types = mm_token_type_ids_from_ids(input_ids, model.config)
-    positions, _ = model.model.get_rope_index(
-        input_ids, mm_types, image_grid_thw=on_device("image_grid_thw"), video_grid_thw=on_device("video_grid_thw"),
-        second_per_grid_ts=on_device("second_per_grid_ts"), attention_mask=on_device("attention_mask"))
-    return positions, positions.amax(dim=(0, 2)) + 1
+    return model_position_ids(model.config, input_ids, mm_types, on_device("image_grid_thw"),
+                              on_device("video_grid_thw"), on_device("second_per_grid_ts"),
+                              on_device("attention_mask"))
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -267,10 +239,10 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
             scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
         if logits_processor is not None:
             scores = logits_processor(step, rows, scores)
-        if sampling.do_sample:
+        if sampling.do_sample and sampling.top_k != 1:
             scores = filter_top_k(scores / sampling.temperature, sampling.top_k)
             sampled = sample_from_scores(scores, uniforms[rows, step], sampling.top_p)
-        else:
+        else:  # greedy, or top-k 1 sampling (the original's evaluation, via generation_config.json): argmax
             sampled = scores.max(dim=-1).indices  # same first-maximum rule as argmax, and faster on CPU
         in_pads = pads_left > 0
         token = torch.where(end_due, token_ids.end, torch.where(in_pads, token_ids.pad, sampled))

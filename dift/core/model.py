@@ -5,6 +5,9 @@ Differences from the parent, all in `forward`:
   tower, are compressed to `latent_size` vectors each and put at the `<|latent_pad|>` slots
   (teacher forcing); or recorded vectors (`latent_hidden_states`) are put there (replay);
 - vision features are always computed under no-grad (the tower, merger included, is frozen);
+- M-RoPE positions follow the original's rule (`dift.core.positions`): the inner model's
+  `get_rope_index` is replaced, so every path that builds positions (this forward without
+  `position_ids`, upstream `generate()`) uses it;
 - with `labels`, the loss is `ce_loss_weight * CE + sim_loss_weight * sim` (spec section 4),
   and logits are computed only at supervised positions (a 151,936-column float32 matrix over a
   whole video prompt is the largest tensor of a step and is never needed);
@@ -19,11 +22,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import Qwen2_5_VLForConditionalGeneration
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.utils import ModelOutput
 
 from .latent_config import read_latent_config
@@ -33,6 +38,7 @@ from .latent_ops import (
     scatter_latent_vectors,
     supervised_positions,
 )
+from .positions import model_position_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,28 @@ def mm_token_type_ids_from_ids(input_ids: torch.Tensor, config) -> torch.Tensor:
     return (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()
 
 
+class OriginalRopeQwen2_5_VLModel(Qwen2_5_VLModel):
+    """Upstream `Qwen2_5_VLModel` whose M-RoPE positions follow the original's rule."""
+
+    def get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
+                       second_per_grid_ts=None, attention_mask=None, **kwargs):
+        # Parent: the text after a vision block starts at the block start + max(h', w'). Ours: at
+        # the block's largest position + 1 (dift.core.positions), as the published checkpoints saw.
+        positions, next_position = model_position_ids(self.config, input_ids, mm_token_type_ids, image_grid_thw,
+                                                      video_grid_thw, second_per_grid_ts, attention_mask)
+        n_real = input_ids.shape[1] if attention_mask is None else attention_mask.sum(dim=-1)
+        return positions, (next_position - n_real).unsqueeze(1)
+
+
 class LatentQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL that imagines: see the module docstring for what differs from the parent."""
+
+    def __init__(self, config):
+        # Parent: the same three lines with upstream's inner model; ours has the original's positions.
+        Qwen2_5_VLPreTrainedModel.__init__(self, config)
+        self.model = OriginalRopeQwen2_5_VLModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
 
     def train(self, mode: bool = True):
         # Parent: switches every submodule. Ours keeps the frozen vision tower in eval mode, so
@@ -156,6 +182,11 @@ class LatentQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
 
         if mm_token_type_ids is None:
             mm_token_type_ids = mm_token_type_ids_from_ids(input_ids, self.config)
+        if position_ids is None and (cache is None or cache.get_seq_length() == 0):
+            # Parent: positions from upstream's rule, and plain 0..T-1 for a text-only batch
+            # (padding ignored). Ours: the original's rule over the real tokens, always.
+            position_ids, _ = model_position_ids(self.config, input_ids, mm_token_type_ids, image_grid_thw,
+                                                 video_grid_thw, second_per_grid_ts, attention_mask)
         # Vision features under no-grad: the tower is frozen, and this keeps gradient
         # checkpointing from wrapping a graph-less computation.
         mm_encoder_outputs = {}

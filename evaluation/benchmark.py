@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from dift.core.extraction import normalize_gt
 VIDEO_ID_FIELDS = ("videoID", "video")
 OPTIONS_FIELDS = ("options", "candidates")
 VIDEO_EXTENSION = ".mp4"
+ID_FIELDS = ("id", "question_id", "qid")  # an explicit question id, if the file has one, must be unique
+OPTION_LETTER_RE = re.compile(r"^\s*\(?([A-Z])\s*[.):]")  # "A. text", "(B) text", "C: text"
 
 
 class BenchmarkError(ValueError):
@@ -57,6 +60,8 @@ def _is_missing(value) -> bool:
         return True
     if isinstance(value, float) and np.isnan(value):
         return True
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return True
     return isinstance(value, str) and not value.strip()
 
 
@@ -79,6 +84,25 @@ def parse_options(value, where: str = "options") -> tuple[str, ...]:
     return tuple(str(o) for o in value if o is not None)  # raw, as the original joined them
 
 
+def option_letters(options: tuple[str, ...]) -> str:
+    """The letters the options answer to: each option's own leading letter ("A. left"), else its
+    position (A for the first)."""
+    letters = []
+    for i, option in enumerate(options):
+        match = OPTION_LETTER_RE.match(option)
+        letters.append(match.group(1) if match else chr(ord("A") + i))
+    return "".join(letters)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _loads(text: str):
+    """json.loads without NaN/Infinity (Python accepts them; they are not JSON and hide missing values)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def _first_present(record: Mapping, names: tuple[str, ...]):
     """(name, value) of the first of `names` present as a key, or (None, None)."""
     for name in names:
@@ -99,14 +123,23 @@ def parse_item(record: Mapping, index: int, where: str) -> BenchmarkItem:
             raise BenchmarkError(f"{where}: missing field {field!r}")
         if field != "type" and _is_missing(record[field]):
             raise BenchmarkError(f"{where}: field {field!r} is empty")
+    if _is_missing(record["type"]):
+        raise BenchmarkError(f"{where}: field 'type' is empty (the sub-task key)")
     options_key, options = _first_present(record, OPTIONS_FIELDS)
+    options = parse_options(options, f"{where} field {options_key!r}")
+    gt = normalize_gt(record["answer"])
+    if not ("A" <= gt <= "Z"):
+        raise BenchmarkError(f"{where}: field 'answer' is {record['answer']!r}, not an option letter")
+    if options and gt not in option_letters(options):
+        raise BenchmarkError(f"{where}: field 'answer' is {gt!r}, not one of the options' letters "
+                             f"{option_letters(options)}")
     return BenchmarkItem(
         index=index,
         video_id=None if _is_missing(video_id) else str(video_id).strip(),
         question=str(record["question"]),  # as the file has it: the original concatenated the raw strings
-        options=parse_options(options, f"{where} field {options_key!r}"),
-        gt=normalize_gt(record["answer"]),
-        subtask_type="" if _is_missing(record["type"]) else str(record["type"]),
+        options=options,
+        gt=gt,
+        subtask_type=str(record["type"]),
     )
 
 
@@ -119,28 +152,40 @@ def read_records(path: str | os.PathLike, limit: int | None = None) -> list[Mapp
     if suffix == ".parquet":
         import pandas as pd
 
-        frame = pd.read_parquet(path)
-        if limit is not None:
-            frame = frame.iloc[:limit]
-        return frame.to_dict("records")
+        try:
+            frame = pd.read_parquet(path)
+            if limit is not None:
+                frame = frame.iloc[:limit]
+            return frame.to_dict("records")
+        except Exception as err:  # pyarrow's errors for a corrupt file span many types, some at conversion
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise BenchmarkError(f"{path}: not a readable parquet file ({type(err).__name__}: {reason[:120]})") from None
     if suffix == ".jsonl":
         records = []
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, 1):
                 if limit is not None and len(records) >= limit:
                     break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BenchmarkError(f"{path} line {line_no}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    records.append(_loads(line))
                 except json.JSONDecodeError as err:
                     raise BenchmarkError(f"{path} line {line_no}: invalid JSON ({err.msg})") from None
+                except ValueError as err:
+                    raise BenchmarkError(f"{path} line {line_no}: invalid JSON ({err})") from None
         return records
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _loads(path.read_bytes().decode("utf-8"))
         except json.JSONDecodeError as err:
             raise BenchmarkError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BenchmarkError(f"{path}: invalid JSON ({err})") from None
         if isinstance(data, Mapping):
             data = list(data.values())
         if not isinstance(data, list):
@@ -154,4 +199,21 @@ def load_benchmark(path: str | os.PathLike, max_samples: int | None = None) -> l
     if max_samples is not None and max_samples < 0:
         raise ValueError(f"max_samples must be >= 0, got {max_samples}")
     records = read_records(path, max_samples)
-    return [parse_item(record, i, f"{path} row {i}") for i, record in enumerate(records)]
+    if not records:
+        raise BenchmarkError(f"{path}: no questions in the file")
+    items = [parse_item(record, i, f"{path} row {i}") for i, record in enumerate(records)]
+    check_unique_ids(records, path)
+    return items
+
+
+def check_unique_ids(records: list, path) -> None:
+    """An explicit question id (`id`, `question_id` or `qid`) that repeats is an error naming both rows."""
+    for name in ID_FIELDS:
+        first_row: dict = {}
+        for row, record in enumerate(records):
+            if name not in record or _is_missing(record[name]):
+                continue
+            key = str(record[name])
+            if key in first_row:
+                raise BenchmarkError(f"{path} row {row}: field {name!r} = {key!r} repeats row {first_row[key]}")
+            first_row[key] = row

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from dift.core.cli import HelpFormatter, require_path, run_cli
 from dift.core.extraction import EVAL_LETTERS, check_letters, extract_answer, score_answer
 
 from .metrics import aggregate, format_report
@@ -43,6 +43,32 @@ def rescore_record(record: Mapping, letters: str = EVAL_LETTERS) -> dict:
 
 def rescore_records(records: Iterable[Mapping], letters: str = EVAL_LETTERS) -> list[dict]:
     return [rescore_record(r, letters) for r in records]
+
+
+def check_records(records: list[dict], results_file: Path) -> None:
+    """A one-line ResultsFileError for a record rescoring cannot trust: no records, a missing or
+    mistyped field, a ground truth that is not one letter, a repeated question index."""
+    if not records:
+        raise ResultsFileError(f"{results_file}: no records to rescore")
+    first_line: dict[int, int] = {}
+    for line_no, record in enumerate(records, 1):
+        where = f"{results_file} record {line_no}"
+        for field in ("raw", "gt"):
+            if field not in record:
+                raise ResultsFileError(f"{where}: missing field {field!r}")
+            if not isinstance(record[field], str):
+                raise ResultsFileError(f"{where}: field {field!r} is {type(record[field]).__name__}, not text")
+        gt = record["gt"]
+        if len(gt) > 1 or (gt and not "A" <= gt <= "Z"):
+            raise ResultsFileError(f"{where}: field 'gt' is {gt!r}, not one capital letter")
+        if "error" in record and not isinstance(record["error"], bool):
+            raise ResultsFileError(f"{where}: field 'error' is {record['error']!r}, not true/false")
+        if not isinstance(record.get("subtask_type", ""), str):
+            raise ResultsFileError(f"{where}: field 'subtask_type' is not text")
+        index = record["index"]
+        if index in first_line:
+            raise ResultsFileError(f"{where}: question index {index} repeats record {first_line[index]}")
+        first_line[index] = line_no
 
 
 def counts_from_summary(results_file: Path, n_records: int) -> tuple[int, int, str]:
@@ -67,10 +93,7 @@ def rescore_file(results_file: str | Path, summary_out: str | Path | None = None
     if not results_file.is_file():
         raise FileNotFoundError(f"results file not found: {results_file}")
     records = read_results(results_file)
-    for line_no, record in enumerate(records, 1):
-        for field in ("raw", "gt"):
-            if field not in record:
-                raise ResultsFileError(f"{results_file} record {line_no}: missing field {field!r}")
+    check_records(records, results_file)
     records = rescore_records(records, letters)
     total, skipped, source = counts_from_summary(results_file, len(records))
     summary = aggregate(records, total=total, skipped=skipped)
@@ -85,6 +108,9 @@ def rescore_file(results_file: str | Path, summary_out: str | Path | None = None
     return summary
 
 
+PROG = "python -m evaluation.rescore"
+
+
 def _letters_arg(value: str) -> str:
     try:
         return check_letters(value)
@@ -93,25 +119,23 @@ def _letters_arg(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="results JSONL written by evaluation.dsr_eval")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("results", help="results JSONL written by python -m evaluation.dsr_eval")
     parser.add_argument("--summary", default=None, help="summary JSON to write (default <name>_rescored_summary.json)")
     parser.add_argument("--output", default=None, help="rescored JSONL to write (default <name>_rescored.jsonl)")
     parser.add_argument("--letters", default=EVAL_LETTERS, type=_letters_arg,
-                        help="allowed answer letters (RL uses ABCDEF)")
+                        help="allowed answer letters (the RL reward uses ABCDEF)")
     args = parser.parse_args(argv)
+    require_path("results", args.results, "file")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = rescore_file(args.results, args.summary, args.output, args.letters)
     print(format_report(summary), flush=True)
     return summary
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> None:
     """`python -m evaluation.rescore`: a bad results file ends with one line naming file and record."""
-    try:
-        main()
-    except (FileNotFoundError, ResultsFileError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(PROG, lambda: main(argv), failures=lambda: (FileNotFoundError, ResultsFileError))
 
 
 if __name__ == "__main__":

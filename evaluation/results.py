@@ -56,12 +56,19 @@ def part_files(results_file: str | os.PathLike) -> list[Path]:
     return sorted(path.parent.glob(f"{path.stem}.part*-of-*.jsonl"))
 
 
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _parse_line(line: str, where: str) -> dict:
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_constant=_no_constants)
     except json.JSONDecodeError as err:
         raise ResultsFileError(f"{where}: invalid JSON ({err.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+    except ValueError as err:
+        raise ResultsFileError(f"{where}: invalid JSON ({err})") from None
+    index = record.get("index") if isinstance(record, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool):
         raise ResultsFileError(f"{where}: not a results record (no integer 'index')")
     return record
 

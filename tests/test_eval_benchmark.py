@@ -155,3 +155,32 @@ def test_question_text_reaches_the_prompt_as_the_file_has_it(tmp_path, tiny_late
     assert item.question_text == "  Where does it go? \n\n A. left \nB. right\t"
     prompt = render_generation_prompt(load_processor(tiny_latent), [], item.question_text)
     assert "  Where does it go? \n\n A. left \nB. right\t\nFirst, think" in prompt
+
+
+BAD_BENCHMARKS = [
+    ("answer_outside_options", ".jsonl", [{**ROWS[0], "answer": "C"}], "row 0: field 'answer' is 'C', not one of the options' letters AB"),
+    ("answer_not_a_letter", ".jsonl", [{**ROWS[2], "answer": "7"}], "row 0: field 'answer' is '7', not an option letter"),
+    ("duplicate_ids", ".jsonl", [{**ROWS[0], "id": 5}, {**ROWS[1], "id": 5}], "row 1: field 'id' = '5' repeats row 0"),
+    ("nan_type", ".parquet", [ROWS[0], {**ROWS[1], "type": float("nan")}], "row 1: field 'type' is empty"),
+    ("nan_question", ".parquet", [{**ROWS[0], "question": float("nan")}], "row 0: field 'question' is empty"),
+    ("nan_literal_jsonl", ".jsonl", None, "line 1: invalid JSON (NaN is not a number JSON allows)"),
+    ("empty_json_array", ".json", [], "no questions in the file"),
+    ("array_of_arrays", ".json", [["v0", "Q", "A"]], "row 0: expected an object, got list"),
+    ("corrupt_parquet", ".parquet", None, "not a readable parquet file"),
+]
+
+
+@pytest.mark.parametrize("name, suffix, rows, words", BAD_BENCHMARKS, ids=[c[0] for c in BAD_BENCHMARKS])
+def test_bad_benchmark_data_is_one_line_naming_file_and_row(tmp_path, name, suffix, rows, words):
+    path = tmp_path / f"bench{suffix}"
+    if name == "nan_literal_jsonl":
+        path.write_text('{"videoID": "v", "question": NaN, "answer": "A", "type": "abs_dir"}\n')
+    elif name == "corrupt_parquet":
+        write(path, ROWS)
+        path.write_bytes(path.read_bytes()[:-40])  # truncated: footer gone
+    else:
+        write(path, rows)
+    with pytest.raises(BenchmarkError) as err:
+        load_benchmark(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and words in message, message

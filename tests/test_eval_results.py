@@ -158,15 +158,27 @@ def test_rescore_missing_field(tmp_path):
         rescore.rescore_file(path)
 
 
-@pytest.mark.parametrize("content,message", [(None, "results file not found"),
-                                             ('{"index": 0, "gt": "A"}\n', "record 1: missing field 'raw'"),
-                                             ('{"index": 0}\nnot json\n', "line 2: invalid JSON")])
-def test_rescore_cli_bad_input_is_one_line(tmp_path, content, message):
+GOOD = {"index": 0, "gt": "A", "raw": "<answer>A</answer>", "subtask_type": "abs_dir"}
+
+
+@pytest.mark.parametrize("content,code,message", [
+    (None, 2, "no such file"),
+    ('{"index": 0, "gt": "A"}\n', 1, "record 1: missing field 'raw'"),
+    ('{"index": 0}\nnot json\n', 1, "line 2: invalid JSON"),
+    ("", 1, "no records to rescore"),
+    (json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n", 1, "record 2: question index 0 repeats record 1"),
+    (json.dumps({**GOOD, "gt": "AB"}) + "\n", 1, "field 'gt' is 'AB', not one capital letter"),
+    (json.dumps({**GOOD, "raw": 3}) + "\n", 1, "field 'raw' is int, not text"),
+    ('{"index": 0, "gt": "A", "raw": NaN}\n', 1, "line 1: invalid JSON (NaN is not a number JSON allows)"),
+    ('[{"index": 0, "gt": "A", "raw": "A"}]\n', 1, "line 1: not a results record"),
+    (json.dumps({**GOOD, "error": "yes"}) + "\n", 1, "field 'error' is 'yes', not true/false"),
+])
+def test_rescore_cli_bad_input_is_one_line(tmp_path, content, code, message):
     path = tmp_path / "r.jsonl"
     if content is not None:
         path.write_text(content)
     done = subprocess.run([sys.executable, "-m", "evaluation.rescore", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1  # one line, no traceback
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith("python -m evaluation.rescore: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr and str(path) in done.stderr

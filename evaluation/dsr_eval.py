@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import HfArgumentParser
 
+from dift.core.distributed import ProcessLayout
 from dift.core.extraction import EVAL_LETTERS, extract_answer, score_answer
 from dift.core.frames import MAX_FRAMES, FrameCache, VideoDecodeError, load_video_frames, prefetch_ordered
 from dift.core.generation import (
@@ -146,8 +147,8 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> Ranks:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        layout = ProcessLayout.from_env()
+        return cls(layout.rank, layout.world_size, layout.local_rank)
 
     @property
     def is_main(self) -> bool:
@@ -364,6 +365,8 @@ def run_eval(args: EvalArguments) -> dict | None:
 
     ranks = Ranks.from_env()
     ranks.init(args.dist_timeout_s)
+    if ranks.is_main:
+        log.info("DSR evaluation, %s", ProcessLayout.from_env().describe())
     try:
         items = load_benchmark(args.benchmark_path, args.max_samples)
         output = ranks.broadcast(results_path(args.output_file) if args.output_file else default_output_file())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scripts.build_tiny_model import write_checkpoint
+from scripts.make_demo_dift_data import write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 # Keep DeepSpeed's JIT builds and the frame cache inside the project.
@@ -34,6 +35,12 @@ def tiny_base(tmp_path_factory) -> Path:
 def tiny_latent(tmp_path_factory) -> Path:
     """A DIFT-ready random checkpoint: latent tokens added, latent config fields (latent_size 4)."""
     return write_checkpoint(tmp_path_factory.mktemp("tiny-latent"), preset="tiny", seed=0, latent=True)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """DIFT training data: four synthetic samples, two small frames each (the demo builder's data)."""
+    return write_demo_data(tmp_path_factory.mktemp("dift-data"), num_samples=4, seed=0, num_frames=2, size=56)
 
 
 @pytest.fixture(scope="module")

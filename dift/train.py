@@ -33,6 +33,7 @@ from dift.core.frames import MAX_FRAMES
 
 from .collator import DIFTCollator
 from .core.checkpoint import load_processor, prepare_base_model_for_dift
+from .core.distributed import ProcessLayout
 from .core.latent_config import COMPRESS_STRATEGIES, DEFAULTS
 from .core.model import LatentQwen2_5_VL
 from .core.tokens import LatentCheckpointError
@@ -172,7 +173,7 @@ def make_parser() -> HfArgumentParser:
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return ProcessLayout.from_env().world_size
 
 
 def resolve_deepspeed_config(path: str | os.PathLike, args: DIFTTrainingArguments, num_processes: int) -> dict:
@@ -291,6 +292,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
             log.warning("%s already holds step checkpoints; this run starts from step 0 "
                         "(pass --resume_from_checkpoint true to continue instead)", args.checkpoint_dir)
         training_args = build_training_arguments(args)
+        layout = ProcessLayout.from_env()
+        log.info("%s; global batch %d = %d per process x %d accumulation x %d processes", layout.describe(),
+                 args.batch_size * args.gradient_accumulation_steps * layout.world_size, args.batch_size,
+                 args.gradient_accumulation_steps, layout.world_size)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         set_seed(args.seed)

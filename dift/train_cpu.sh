@@ -7,20 +7,33 @@
 #   bash dift/train_cpu.sh [more dift.train flags, e.g. --max_steps 4]
 #
 # Every dift/train.sh variable can be overridden (MODEL, DATA, OUTPUT_DIR, EXP_NAME, NUM_GPUS = the
-# number of CPU processes, ...). Output: $OUTPUT_DIR/$EXP_NAME/checkpoints.
+# number of CPU processes per node, NNODES NODE_RANK MASTER_ADDR MASTER_PORT, ...); flags go to
+# `python -m dift.train`. Output: $OUTPUT_DIR/$EXP_NAME/checkpoints. DRY_RUN=1 prints the commands
+# (the builds it would run first, then training) and writes nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PY:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
+source "$ROOT/scripts/launch_common.sh"
+launch_python
 export PY
+
+# Builds the embedded default with CMD..., unless TARGET exists; under DRY_RUN=1 prints CMD only.
+build_once() {
+    local target="$1"
+    shift
+    [ -e "$target" ] && return 0
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        echo "# first builds: $(print_command "$@")"
+    else
+        "$@"
+    fi
+}
 if [ -z "${MODEL:-}" ]; then
     MODEL="$ROOT/.cache/tiny-qwen2.5-vl"
-    [ -f "$MODEL/config.json" ] || "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL"
+    build_once "$MODEL/config.json" "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL"
 fi
 if [ -z "${DATA:-}" ]; then
     DATA="$ROOT/.cache/demo_dift_data/dift_data.jsonl"
-    [ -f "$DATA" ] || "$PY" "$ROOT/scripts/make_demo_dift_data.py" --out "$(dirname "$DATA")"
+    build_once "$DATA" "$PY" "$ROOT/scripts/make_demo_dift_data.py" --out "$(dirname "$DATA")"
 fi
 export MODEL DATA
 export HAS_CUDA=0 LAUNCHER="${LAUNCHER:-torchrun}" NUM_GPUS="${NUM_GPUS:-2}"

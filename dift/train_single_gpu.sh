@@ -3,17 +3,20 @@
 # (Qwen2.5-VL-7B-Instruct, 1 epoch, LR 1e-5, batch 1, accumulation 8, latent 4, loss weights
 # 0.1/1.0, logging every step, a checkpoint every 1000 steps).
 #
-#   bash dift/train_single_gpu.sh [more dift.train flags]
+#   bash dift/train_single_gpu.sh [dift.train flags, e.g. --max_steps 100 --learning_rate 2e-5]
 #
-# Settings come from the environment: MODEL DATA OUTPUT_DIR EXP_NAME GPU LR EPOCHS BATCH_SIZE
+# Flags go to `python -m dift.train` after the recipe's (same names; a flag given here wins).
+# Settings also come from the environment: MODEL DATA OUTPUT_DIR EXP_NAME GPU LR EPOCHS BATCH_SIZE
 # GRAD_ACCUM LATENT_SIZE CE_WEIGHT SIM_WEIGHT LOGGING_STEPS SAVE_STEPS SAVE_TOTAL_LIMIT WARMUP_STEPS
 # NUM_WORKERS (DataLoader processes) PY;
-# DRY_RUN=1 prints the command. Without a GPU it trains on the CPU (bf16 off).
+# DRY_RUN=1 prints the command and runs nothing. Without a GPU it trains on the CPU (bf16 off).
+# One process on one node: dift/train.sh runs several GPUs and several nodes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PY:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
+LAUNCH_NAME="dift/train_single_gpu.sh"
+source "$ROOT/scripts/launch_common.sh"
+launch_python
+[ "${NNODES:-1}" = 1 ] || launch_usage_error "one GPU on one node; use dift/train.sh for NNODES=$NNODES"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-${GPU:-0}}"
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
@@ -47,8 +50,9 @@ CMD=("$PY" -m dift.train
     "$@")
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-    printf '%q ' "${CMD[@]}"; echo
+    print_command "${CMD[@]}"
     exit 0
 fi
 "${CMD[@]}"
-echo "[dift/train_single_gpu.sh] final checkpoint: $OUTPUT_DIR/$EXP_NAME/checkpoints"
+echo "[dift/train_single_gpu.sh] final checkpoint:" \
+    "$(flag_value output_dir "$OUTPUT_DIR" "$@")/$(flag_value exp_name "$EXP_NAME" "$@")/checkpoints"

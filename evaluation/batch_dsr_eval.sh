@@ -8,19 +8,23 @@
 # An entry is "GPU_ID exp_name" (model $MODEL_ROOT/<exp>/checkpoints) or "GPU_ID exp_name:step"
 # (model $MODEL_ROOT/<exp>/checkpoints/checkpoint-<step>); empty entries and entries containing
 # PLACEHOLDER_ are skipped. The latent size comes from "latent<N>" in the experiment name, else 4.
-# Arguments after "--" go to every `python -m evaluation.dsr_eval` run.
-# Each run writes $RESULTS_ROOT/<exp>[-<step>]/dsr_eval_<timestamp>.jsonl, its _summary.json and a
-# .log with its stdout and stderr.
-# Environment (defaults relative to the repository root): MODEL_ROOT (model), RESULTS_ROOT
-# (evaluation/results), BENCHMARK_PATH (raw_data/DSR_Suite-Data/benchmark.parquet), VIDEO_ROOT
-# (raw_data/DSR-data/bmk_video), MAX_NEW_TOKENS (8192), SEED (42), TEMPERATURE (0.7), TOP_P (0.9),
-# PY (the project's .venv python).
+# Flags after "--" go to every `python -m evaluation.dsr_eval` run (same names; they win over the
+# settings below; --output_file is this script's to choose).
+# Each run writes $RESULTS_ROOT/<exp>[-<step>]/dsr_eval[_$RUN_TAG].jsonl, its _summary.json and _run.json,
+# and appends its stdout and stderr to the .log beside them. The names hold no timestamp: rerunning
+# the same command resumes each run where it stopped (a run already finished only re-prints its
+# table); RUN_TAG (e.g. greedy) gives runs with other settings their own files.
+# Environment: MODEL_ROOT (<repository>/model), RESULTS_ROOT (./results, from the working folder),
+# BENCHMARK_PATH (<repository>/raw_data/DSR_Suite-Data/benchmark.parquet), VIDEO_ROOT
+# (<repository>/raw_data/DSR-data/bmk_video), MAX_NEW_TOKENS (8192), SEED (42), TEMPERATURE (0.7),
+# TOP_P (0.9), RUN_TAG, PY (the project's .venv python); DRY_RUN=1 prints each run's command and
+# writes nothing. For one checkpoint on many GPUs or several nodes, use evaluation/eval.sh.
 #
-# Unlike the original, this script resolves paths from the repository root (the original changed
+# Unlike the original, this script finds its inputs from the repository root (the original changed
 # into the folder two levels above evaluation/), waits for its runs, and fails if one fails.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 DEFAULT_ENTRIES=(
   "0 4dthinker_dift"
@@ -29,7 +33,7 @@ DEFAULT_ENTRIES=(
 PY="${PY:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python
 MODEL_ROOT="${MODEL_ROOT:-$ROOT/model}"
-RESULTS_ROOT="${RESULTS_ROOT:-$ROOT/evaluation/results}"
+RESULTS_ROOT="${RESULTS_ROOT:-./results}"
 BENCHMARK_PATH="${BENCHMARK_PATH:-$ROOT/raw_data/DSR_Suite-Data/benchmark.parquet}"
 VIDEO_ROOT="${VIDEO_ROOT:-$ROOT/raw_data/DSR-data/bmk_video}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-8192}"
@@ -49,13 +53,18 @@ while (($#)); do
   shift
 done
 ((${#entries[@]})) || entries=("${DEFAULT_ENTRIES[@]}")
+for arg in ${extra[@]+"${extra[@]}"}; do
+  if [[ "$arg" == --output_file || "$arg" == --output_file=* ]]; then
+    echo "batch_dsr_eval.sh: --output_file is chosen per run (\$RESULTS_ROOT/<run>/dsr_eval[_\$RUN_TAG].jsonl); set RESULTS_ROOT or RUN_TAG instead" >&2
+    exit 2
+  fi
+done
 
-TIMESTAMP="$(date +%Y%m%d_%H%M%S)"
 pids=()
 names=()
 logs=()
 failed=0
-trap 'echo "interrupted: stopping ${pids[*]:-nothing}" >&2; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; exit 130' INT TERM
+trap 'echo "interrupted: stopped ${pids[*]:-nothing}; finished answers are kept under $RESULTS_ROOT, rerun the same command to resume" >&2; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; exit 130' INT TERM
 
 for entry in "${entries[@]}"; do
   read -r gpu exp_spec rest <<<"$entry"
@@ -76,19 +85,27 @@ for entry in "${entries[@]}"; do
   latent_size=4
   [[ "$exp" =~ latent([0-9]+) ]] && latent_size="${BASH_REMATCH[1]}"
   out_dir="$RESULTS_ROOT/$run_name"
+  output="$out_dir/dsr_eval${RUN_TAG:+_$RUN_TAG}.jsonl"
+  log="${output%.jsonl}.log"
+  cmd=(env CUDA_VISIBLE_DEVICES="$gpu" "$PY" -m evaluation.dsr_eval
+    --model_path "$model" --benchmark_path "$BENCHMARK_PATH" --video_root "$VIDEO_ROOT"
+    --latent_size "$latent_size" --max_new_tokens "$MAX_NEW_TOKENS" --seed "$SEED"
+    --temperature "$TEMPERATURE" --top_p "$TOP_P" --output_file "$output"
+    ${extra[@]+"${extra[@]}"})
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    printf -v line '%q ' "${cmd[@]}"
+    echo "${line% } >>$(printf '%q' "$log") 2>&1"
+    continue
+  fi
   mkdir -p "$out_dir"
-  output="$out_dir/dsr_eval_$TIMESTAMP.jsonl"
-  log="$out_dir/dsr_eval_$TIMESTAMP.log"
-  CUDA_VISIBLE_DEVICES="$gpu" "$PY" -m evaluation.dsr_eval \
-    --model_path "$model" --benchmark_path "$BENCHMARK_PATH" --video_root "$VIDEO_ROOT" \
-    --latent_size "$latent_size" --max_new_tokens "$MAX_NEW_TOKENS" --seed "$SEED" \
-    --temperature "$TEMPERATURE" --top_p "$TOP_P" --output_file "$output" \
-    ${extra[@]+"${extra[@]}"} >"$log" 2>&1 &
+  printf '===== %s: %s\n' "$(date '+%F %T')" "${cmd[*]}" >>"$log"
+  "${cmd[@]}" >>"$log" 2>&1 &
   pids+=("$!")
   names+=("$run_name")
   logs+=("$log")
   echo "started $run_name on GPU $gpu (pid $!, latent_size $latent_size): $log"
 done
+[[ "${DRY_RUN:-0}" == 1 ]] && exit "$failed"
 
 for i in "${!pids[@]}"; do
   if wait "${pids[$i]}"; then

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from dift.core.checkpoint import load_latent_model, resolve_model_path
 from dift.core.cli import JobFailed, UsageError
 from dift.core.decoding import SamplingConfig
 from dift.core.decoding import describe as describe_decoding
+from dift.core.distributed import ProcessLayout
 from dift.core.extraction import EVAL_LETTERS, extract_answer, score_answer
 from dift.core.frames import MAX_FRAMES, FrameCache, VideoDecodeError, load_video_frames, prefetch_ordered
 from dift.core.generation import GenerationResult, Question, answer_questions
@@ -69,8 +69,8 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> Ranks:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        layout = ProcessLayout.from_env()
+        return cls(layout.rank, layout.world_size, layout.local_rank)
 
     @property
     def is_main(self) -> bool:
@@ -287,6 +287,8 @@ def run_eval(args: EvalArguments) -> dict | None:
     """Evaluate, resume or finish a run; returns the summary on rank 0 (None on other ranks)."""
     ranks = Ranks.from_env()
     ranks.init(args.dist_timeout_s)
+    if ranks.is_main:
+        log.info("DSR evaluation, %s", ProcessLayout.from_env().describe())
     try:
         items = load_benchmark(args.benchmark_path, args.max_samples)
         output = ranks.broadcast(results_path(args.output_file) if args.output_file else default_output_file())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scripts.build_tiny_model import write_checkpoint
+from scripts.make_demo_dift_data import write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 # Keep DeepSpeed's JIT builds and the frame cache inside the project.
@@ -42,6 +43,12 @@ def tiny_latent_untied(tmp_path_factory) -> Path:
     input (the tied one repeats the last input token for every prompt), which gives equality tests power."""
     return write_checkpoint(tmp_path_factory.mktemp("tiny-latent-untied"), preset="tiny", seed=0, latent=True,
                             untied=True)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """DIFT training data: four synthetic samples, two small frames each (the demo builder's data)."""
+    return write_demo_data(tmp_path_factory.mktemp("dift-data"), num_samples=4, seed=0, num_frames=2, size=56)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from dift.train import (
     resolve_deepspeed_config,
 )
 from dift.trainer import DIFTTrainer, decode_sample, non_finite_parameters
-from scripts.make_demo_dift_data import write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("ds_*.json"))
@@ -40,12 +39,6 @@ def run(cmd, env=None, timeout=600, cwd=ROOT):
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    """Four synthetic samples, two small frames each (the demo builder's data)."""
-    return write_demo_data(tmp_path_factory.mktemp("dift-data"), num_samples=4, seed=0, num_frames=2, size=56)
 
 
 def parse(*argv):

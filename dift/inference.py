@@ -63,11 +63,14 @@ class InferenceArguments:
     def __post_init__(self):
         if (self.image_dir is None) == (self.video is None):
             raise ValueError("give exactly one of --video FILE or --image_dir DIR (there is no built-in sample)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def check_paths(self) -> None:
+        """UsageError for a path flag that names nothing (before the model is loaded)."""
         require_path("--video", self.video, "file")
         require_path("--image_dir", self.image_dir, "dir")
         require_path("--model_path", self.model_path, "model")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     def sampling(self, model_path: str) -> tuple[SamplingConfig, dict[str, str]]:
         """The effective decoding and where each inherited field came from (`dift.core.decoding`)."""
@@ -115,6 +118,7 @@ def run(args: InferenceArguments) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_cli_args(build_parser(InferenceArguments, prog=PROG, description=__doc__.split("\n\n")[0]),
                              argv)
+    args.check_paths()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text, answer = run(args)
     print(text)

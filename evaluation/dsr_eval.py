@@ -95,9 +95,6 @@ class EvalArguments:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
-        require_path("--model_path", self.model_path, "model")
-        require_path("--benchmark_path", self.benchmark_path, "file")
-        require_path("--video_root", self.video_root, "dir")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"--max_samples must be >= 1, got {self.max_samples}")
         if self.max_skip_fraction is not None and not 0 <= self.max_skip_fraction <= 1:
@@ -108,6 +105,12 @@ class EvalArguments:
             raise ValueError(f"--num_workers must be >= 0, got {self.num_workers}")
         if self.latent_ablation not in LATENT_ABLATIONS:
             raise ValueError(f"--latent_ablation must be one of {LATENT_ABLATIONS}, got {self.latent_ablation!r}")
+
+    def check_paths(self) -> None:
+        """UsageError for a path flag that names nothing (before any model is loaded)."""
+        require_path("--model_path", self.model_path, "model")
+        require_path("--benchmark_path", self.benchmark_path, "file")
+        require_path("--video_root", self.video_root, "dir")
 
     def sampling(self, model_path: str | None) -> tuple[SamplingConfig, dict[str, str]]:
         """The effective decoding and where each inherited field came from (`dift.core.decoding`)."""
@@ -128,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> EvalArguments:
 def main(argv: list[str] | None = None) -> dict | None:
     """Parse the flags and run; returns the summary on rank 0 (None on other ranks)."""
     args = parse_args(argv)
+    args.check_paths()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {os.environ.get('RANK', 0)}] %(message)s",
                         datefmt="%H:%M:%S")
     from .evaluate import run_eval  # torch and the model code: after the flags are read

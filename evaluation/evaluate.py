@@ -109,8 +109,6 @@ class Ranks:
 def resolve_device(device: str | None, ranks: Ranks) -> torch.device:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is visible (use --device cpu)")
     if device == "cuda" and ranks.world_size > 1:
         device = f"cuda:{ranks.local_rank}"
     return torch.device(device)
@@ -299,6 +297,8 @@ def run_eval(args: EvalArguments) -> dict | None:
                  ranks.world_size, len(items), len(done & {it.index for it in items}), len(todo), output)
 
         device = resolve_device(args.device, ranks)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: no CUDA device is visible (use --device cpu)")
         dtype = resolve_dtype(args.dtype, device)
         model_path = resolve_model_path(args.model_path, args.cache_dir, flag="--model_path")
         loaded = load_latent_model(model_path, dtype=dtype, device=device, latent_size=args.latent_size)

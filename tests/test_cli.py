@@ -79,7 +79,6 @@ def test_hf_flag_names_mean_the_originals(tmp_path, tiny_latent):
 @pytest.mark.parametrize("argv, words", [
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--max_samples", "-1"], "--max_samples must be >= 1"),
-    (["--model_path", "./no/such/folder"], "no such checkpoint folder"),
 ])
 def test_bad_values_are_usage_errors_naming_the_flag(tmp_path, tiny_latent, argv, words):
     from evaluation.dsr_eval import make_parser
@@ -89,3 +88,11 @@ def test_bad_values_are_usage_errors_naming_the_flag(tmp_path, tiny_latent, argv
     base = ["--model_path", str(tiny_latent), "--benchmark_path", str(bench), "--video_root", str(tmp_path)]
     with pytest.raises(UsageError, match=words):
         parse_cli_args(make_parser(), base + argv)
+
+
+def test_a_path_flag_naming_nothing_is_a_usage_error(tmp_path):
+    from evaluation.dsr_eval import parse_args
+
+    args = parse_args(["--model_path", "./no/such/folder", "--benchmark_path", str(tmp_path / "b.jsonl")])
+    with pytest.raises(UsageError, match="--model_path ./no/such/folder: no such checkpoint folder"):
+        args.check_paths()

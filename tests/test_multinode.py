@@ -80,8 +80,10 @@ def test_layout_line_and_gpu_per_node():
     layout = ProcessLayout.from_env({"RANK": "0", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2"})
     assert layout.describe().startswith("world size 16: 2 node(s) x 8 process(es) per node; rank 0 = node 0")
     # Rank 9 is the second process of node 1: its GPU is cuda:1 there, not cuda:9.
-    ranks = dsr_eval.Ranks(rank=9, world_size=16, local_rank=1)
-    assert dsr_eval.resolve_device("cuda", ranks) == torch.device("cuda:1")
+    from evaluation import evaluate
+
+    ranks = evaluate.Ranks(rank=9, world_size=16, local_rank=1)
+    assert evaluate.resolve_device("cuda", ranks) == torch.device("cuda:1")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def make_record(item: BenchmarkItem, video_root: str, raw: str, error: bool = Fa
     return {"index": item.index, "video_id": item.video_id, "video_path": str(item.video_path(video_root)),
             "question": item.question_text, "gt": item.gt, "pred": pred, "answer": pred, "raw": raw,
             "hit": score_answer(pred, item.gt), "subtask_type": item.subtask_type, "error": error,
-            "finished": bool(result.finished) if result is not None else False,
+            "finished": bool(result.finished) if result is not None else False, "num_options": len(item.options),
             "num_tokens": len(result.token_ids) if result is not None else 0}
 
 

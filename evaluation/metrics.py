@@ -6,10 +6,15 @@ output lives in `dift.core.extraction`. Rules (spec evaluation.md "Sub-tasks", "
   stripped; a record of an unknown type counts in the overall accuracy only;
 - "Avg" is the macro average over the sub-tasks with at least one evaluated question (0 if none);
 - the table shows percent with 2 decimals, "N/A" for an empty sub-task.
+
+Beside every accuracy the summary and the report give two baselines a model must beat to mean
+anything: chance (1 / number of options, averaged over the questions) and the most common answer
+letter (the accuracy of always answering the letter most frequent among the questions' ground truths).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 # Sub-task key -> column name, in the table's order.
@@ -29,6 +34,7 @@ SUBTASK_COLUMNS: dict[str, str] = {
     "non_temp": "Non-Temp Based",
 }
 AVG_COLUMN = "Avg"
+DEFAULT_NUM_OPTIONS = 4  # results files without `num_options` (the original's): DSR questions have four
 COLUMNS_ORDER: tuple[str, ...] = (*SUBTASK_COLUMNS.values(), AVG_COLUMN)
 
 
@@ -59,7 +65,7 @@ def aggregate(records: Iterable[Mapping], total: int | None = None, skipped: int
             correct[column] += hit
     per_task = {name: (correct[name] / counts[name] if counts[name] else None) for name in counts}
     present = [acc for acc in per_task.values() if acc is not None]
-    return {
+    summary = {
         "total": eval_count + skipped if total is None else int(total),
         "eval_count": eval_count,
         "skipped": int(skipped),
@@ -71,6 +77,35 @@ def aggregate(records: Iterable[Mapping], total: int | None = None, skipped: int
         "subtask_macro_avg": sum(present) / len(present) if present else 0.0,
         "subtask_columns_order": list(COLUMNS_ORDER),
     }
+    summary["baselines"] = baselines(records)
+    return summary
+
+
+def _baseline(records: list[Mapping]) -> tuple[float | None, float | None, str]:
+    """(chance, most-common-letter accuracy, that letter) of a group of records."""
+    if not records:
+        return None, None, ""
+    chance = sum(1 / max(1, int(r.get("num_options") or DEFAULT_NUM_OPTIONS)) for r in records) / len(records)
+    letters = Counter(str(r.get("gt", "")) for r in records if r.get("gt"))
+    if not letters:
+        return chance, 0.0, ""
+    letter, n = sorted(letters.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    return chance, n / len(records), letter
+
+
+def baselines(records: Iterable[Mapping]) -> dict:
+    """Chance and most-common-letter accuracy, overall and per sub-task column (None: no questions)."""
+    records = list(records)
+    by_column: dict[str, list] = {name: [] for name in SUBTASK_COLUMNS.values()}
+    for record in records:
+        column = subtask_column(record.get("subtask_type"))
+        if column is not None:
+            by_column[column].append(record)
+    chance, majority, letter = _baseline(records)
+    per_task = {name: _baseline(group) for name, group in by_column.items()}
+    return {"chance": chance, "most_common_letter": letter, "most_common_letter_accuracy": majority,
+            "subtask_chance": {name: v[0] for name, v in per_task.items()},
+            "subtask_most_common_letter_accuracy": {name: v[1] for name, v in per_task.items()}}
 
 
 def _percent(value: float | None) -> str:
@@ -85,8 +120,33 @@ def format_table(summary: Mapping) -> str:
     return "\t".join(columns) + "\n" + "\t".join(_percent(values.get(c)) for c in columns)
 
 
+def _macro(values: Mapping) -> float | None:
+    present = [v for v in values.values() if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def format_baselines(summary: Mapping) -> str:
+    """The two baseline rows in the table's columns, each labelled."""
+    base = summary["baselines"]
+    columns = summary.get("subtask_columns_order", COLUMNS_ORDER)
+    rows = []
+    for label, values in (("chance", base["subtask_chance"]),
+                          ("most common letter", base["subtask_most_common_letter_accuracy"])):
+        values = {**values, AVG_COLUMN: _macro(values)}
+        rows.append(f"{label}:\t" + "\t".join(_percent(values.get(c)) for c in columns))
+    return "\n".join(rows)
+
+
 def format_report(summary: Mapping) -> str:
-    """The overall accuracy line, the counts, and the sub-task table."""
-    return (f"Overall accuracy: {_percent(summary['accuracy'])}% "
-            f"({summary['correct']}/{summary['eval_count']}; {summary['skipped']} skipped of {summary['total']})\n"
-            + format_table(summary))
+    """The overall accuracy line with its baselines, the counts, the sub-task table, then the
+    baselines in the same columns."""
+    text = (f"Overall accuracy: {_percent(summary['accuracy'])}% "
+            f"({summary['correct']}/{summary['eval_count']}; {summary['skipped']} skipped of {summary['total']})")
+    base = summary.get("baselines")
+    if base:
+        text += (f"  [chance {_percent(base['chance'])}%, always '{base['most_common_letter'] or '-'}' "
+                 f"{_percent(base['most_common_letter_accuracy'])}%]")
+    text += "\n" + format_table(summary)
+    if base:
+        text += "\nbaselines (same columns):\n" + format_baselines(summary)
+    return text

@@ -63,6 +63,9 @@ def check_records(records: list[dict], results_file: Path) -> None:
             raise ResultsFileError(f"{where}: field 'gt' is {gt!r}, not one capital letter")
         if "error" in record and not isinstance(record["error"], bool):
             raise ResultsFileError(f"{where}: field 'error' is {record['error']!r}, not true/false")
+        n_options = record.get("num_options", 4)
+        if not isinstance(n_options, int) or isinstance(n_options, bool) or n_options < 0:
+            raise ResultsFileError(f"{where}: field 'num_options' is {n_options!r}, not a count")
         if not isinstance(record.get("subtask_type", ""), str):
             raise ResultsFileError(f"{where}: field 'subtask_type' is not text")
         index = record["index"]

@@ -19,7 +19,7 @@ from pathlib import Path
 # The fields of a results line, in order (spec evaluation.md "Outputs"), then ours.
 RESULT_FIELDS = ("index", "video_id", "video_path", "question", "gt", "pred", "answer", "raw", "hit",
                  "subtask_type")
-EXTRA_FIELDS = ("error", "finished", "num_tokens")
+EXTRA_FIELDS = ("error", "finished", "num_options", "num_tokens")
 
 
 class ResultsFileError(ValueError):

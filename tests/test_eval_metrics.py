@@ -53,7 +53,7 @@ def test_aggregate_macro_over_nonempty_subtasks():
     assert s["subtask_macro_avg"] == pytest.approx((0.75 + 0.0 + 1.0) / 3)
     assert s["subtask_columns_order"] == SPEC_COLUMNS + ["Avg"]
     assert list(s) == ["total", "eval_count", "skipped", "correct", "accuracy", "subtask_accuracy", "subtask_correct",
-                       "subtask_total", "subtask_macro_avg", "subtask_columns_order"]
+                       "subtask_total", "subtask_macro_avg", "subtask_columns_order", "baselines"]  # the original's, then ours
 
 
 def test_aggregate_nothing_evaluated():
@@ -72,5 +72,41 @@ def test_table_format():
     assert cells[1:12] == ["N/A"] * 11
     assert cells[13] == "66.67"  # (1/3 + 1) / 2
     report = format_report(s)
-    assert report.splitlines()[0] == "Overall accuracy: 50.00% (2/4; 0 skipped of 4)"
-    assert report.endswith(format_table(s))
+    assert report.splitlines()[0].startswith("Overall accuracy: 50.00% (2/4; 0 skipped of 4)  [chance 25.00%")
+    assert format_table(s) in report  # the original's two table lines, unchanged, then the baselines
+
+
+def test_baselines_chance_and_most_common_letter():
+    from evaluation.metrics import baselines
+
+    records = [{"hit": 1, "subtask_type": "abs_dir", "gt": "A", "num_options": 4},
+               {"hit": 0, "subtask_type": "abs_dir", "gt": "A", "num_options": 2},
+               {"hit": 0, "subtask_type": "rel_spd", "gt": "C"},  # no num_options: four (the original's files)
+               {"hit": 1, "subtask_type": "unknown", "gt": "B", "num_options": 4}]
+    base = baselines(records)
+    assert base["chance"] == pytest.approx((0.25 + 0.5 + 0.25 + 0.25) / 4)
+    assert (base["most_common_letter"], base["most_common_letter_accuracy"]) == ("A", 0.5)
+    assert base["subtask_chance"]["Abs Dir"] == pytest.approx(0.375)
+    assert base["subtask_most_common_letter_accuracy"]["Abs Dir"] == 1.0
+    assert base["subtask_most_common_letter_accuracy"]["Rel Spd"] == 1.0
+    assert base["subtask_chance"]["Abs Dis"] is None
+    report = format_report(aggregate(records))
+    assert "[chance 31.25%, always 'A' 50.00%]" in report
+    assert report.splitlines()[-2].startswith("chance:\t") and report.splitlines()[-1].startswith("most common letter:\t")
+
+
+def test_synthetic_benchmark_balances_letters_within_sub_tasks():
+    from collections import Counter
+
+    from scripts.make_demo_benchmark import build_rows
+
+    rows, _ = build_rows(per_type=4, seed=0)
+    by_type: dict = {}
+    for row in rows:
+        by_type.setdefault(row["type"], Counter())[row["answer"]] += 1
+    assert all(sorted(c.values()) == [1, 1, 1, 1] for c in by_type.values())  # 4 questions: each letter once
+    rows, _ = build_rows(per_type=2, seed=0)
+    overall = Counter(r["answer"] for r in rows)
+    assert max(overall.values()) - min(overall.values()) <= 1
+    for row in rows:  # the letter still names the true option
+        assert row["options"][ord(row["answer"]) - ord("A")].startswith(f"{row['answer']}. ")

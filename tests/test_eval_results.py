@@ -131,7 +131,7 @@ def test_rescore_reproduces_summary(tmp_path, capsys):
     for before, after in zip(records, rescored):  # every other field kept
         assert {k: v for k, v in after.items() if k not in ("pred", "answer", "hit")} == \
                {k: v for k, v in before.items() if k not in ("pred", "answer", "hit")}
-    expected = aggregate([{"hit": h, "subtask_type": r["subtask_type"]} for h, r in zip(hits, records)],
+    expected = aggregate([{"hit": h, "subtask_type": r["subtask_type"], "gt": r["gt"]} for h, r in zip(hits, records)],
                          total=7, skipped=0)
     assert {k: summary[k] for k in expected} == expected
     assert summary["correct"] == 3 and summary["subtask_accuracy"]["Abs Dis"] == 0.5

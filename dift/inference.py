@@ -22,6 +22,7 @@ from pathlib import Path
 from .core.cli import build_parser, parse_cli_args, require_path, run_cli
 from .core.decoding import LATENT_ABLATIONS, SamplingConfig, resolve_sampling
 from .core.decoding import MODES as DECODING_MODES
+from .core.logs import setup_logging
 
 log = logging.getLogger("dift.inference")
 PROG = "python -m dift.inference"
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = parse_cli_args(build_parser(InferenceArguments, prog=PROG, description=__doc__.split("\n\n")[0]),
                              argv)
     args.check_paths()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(fmt="%(message)s")
     text, answer = run(args)
     print(text)
     print(f"Answer: {answer or '(none)'}")

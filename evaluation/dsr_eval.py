@@ -28,13 +28,13 @@ the flags. The effective values are logged and stored in `<name>_run.json`.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
 from dift.core.cli import build_parser, parse_cli_args, require_path, run_cli
 from dift.core.decoding import LATENT_ABLATIONS, SamplingConfig, resolve_sampling
 from dift.core.decoding import MODES as DECODING_MODES
+from dift.core.logs import setup_logging
 
 PROG = "python -m evaluation.dsr_eval"
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     """Parse the flags and run; returns the summary on rank 0 (None on other ranks)."""
     args = parse_args(argv)
     args.check_paths()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {os.environ.get('RANK', 0)}] %(message)s",
-                        datefmt="%H:%M:%S")
+    rank = int(os.environ.get("RANK", 0))
+    setup_logging(rank=rank, fmt=f"%(asctime)s [rank {rank}] %(message)s")
     from .evaluate import run_eval  # torch and the model code: after the flags are read
 
     return run_eval(args)

@@ -29,6 +29,7 @@ from dift.core.distributed import ProcessLayout
 from dift.core.extraction import EVAL_LETTERS, extract_answer, score_answer
 from dift.core.frames import MAX_FRAMES, FrameCache, VideoDecodeError, load_video_frames, prefetch_ordered
 from dift.core.generation import GenerationResult, Question, answer_questions
+from dift.core.logs import show_progress
 
 from .benchmark import BenchmarkItem, load_benchmark
 from .dsr_eval import EvalArguments
@@ -309,7 +310,7 @@ def run_eval(args: EvalArguments) -> dict | None:
         check_run_settings(run_config_path(output), settings, write=ranks.is_main)
 
         with logging_redirect_tqdm(), ResultsWriter(part_path(output, ranks.rank, ranks.world_size)) as writer:
-            skipped = evaluate_shard(loaded, todo, args, sampling, writer, show_progress=ranks.is_main)
+            skipped = evaluate_shard(loaded, todo, args, sampling, writer, show_progress=show_progress(ranks.is_main))
         all_skipped = sum(ranks.gather(skipped), Counter())  # every rank is done past this point
         if not ranks.is_main:
             return None

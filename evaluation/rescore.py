@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dift.core.cli import HelpFormatter, require_path, run_cli
 from dift.core.extraction import EVAL_LETTERS, check_letters, extract_answer, score_answer
+from dift.core.logs import setup_logging
 
 from .metrics import aggregate, format_report
 from .results import ResultsFileError, atomic_write_json, read_results, summary_path, write_results
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="allowed answer letters (the RL reward uses ABCDEF)")
     args = parser.parse_args(argv)
     require_path("results", args.results, "file")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(fmt="%(message)s")
     summary = rescore_file(args.results, args.summary, args.output, args.letters)
     print(format_report(summary), flush=True)
     return summary

@@ -1,0 +1,64 @@
+"""Logging for every command: one console format, progress bars that never end up as fragments in
+log files, and the one place where third-party chatter that does not concern the user is silenced.
+
+Silenced (and why), all in `quiet_third_party`:
+- DeepSpeed's accelerator auto-detection warning ("Setting accelerator to CPU...") and its op-build
+  notices: DeepSpeed logs them at import on every process; we pick the accelerator ourselves;
+- TRL's "experimental feature" warning for `rollout_func`: we use it on purpose;
+- transformers' and huggingface_hub's progress bars (weight loading, shard writing) when stderr is not
+  a terminal: in a log file they are carriage-return fragments glued to the next line.
+Our own progress bars (`progress`) show on a terminal and stay out of files; the periodic log lines
+(running accuracy, training metrics) carry the progress there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+PROGRESS_ENV = "FOURDTHINKER_PROGRESS"  # 1: progress bars even when stderr is not a terminal
+
+
+def stderr_is_terminal() -> bool:
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def show_progress(main_process: bool = True) -> bool:
+    """Whether a progress bar should be drawn: on rank 0, on a terminal (or when asked for)."""
+    return main_process and (stderr_is_terminal() or os.environ.get(PROGRESS_ENV) == "1")
+
+
+def quiet_third_party() -> None:
+    """Silence the third-party messages listed in the module docstring (idempotent; call before the
+    libraries are imported where possible: some speak at import time)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if "DS_ACCELERATOR" not in os.environ:
+        try:
+            import torch  # noqa: F401  (only if already importable: the accelerator follows CUDA)
+
+            os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            pass
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not show_progress():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+
+
+def setup_logging(level: int = logging.INFO, rank: int = 0, fmt: str = LOG_FORMAT) -> None:
+    """Console logging to stderr in one format (warnings only on ranks other than 0), once."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_fourdthinker", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt, datefmt=DATE_FORMAT))
+        handler._fourdthinker = True
+        root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    quiet_third_party()

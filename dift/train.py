@@ -9,6 +9,9 @@ Flags are the original launcher's (`--epochs`, `--batch_size`, `--latent_size`, 
 `--gradient_checkpointing`, `--seed`, `--use_cpu`, `--resume_from_checkpoint`); `--help` lists all.
 Outputs under OUTPUT_DIR/EXP_NAME/: `checkpoints/` (step checkpoints `checkpoint-N`, the final
 model in `checkpoints/` itself; each with the full processor), `log.txt`, `tensorboard/`.
+A step checkpoint counts once its completion marker is written (`dift.core.training_checkpoint`);
+`--resume_from_checkpoint true` takes the newest complete one and says which incomplete ones it
+skipped.
 
 This module maps the flags onto `transformers.TrainingArguments` (AdamW, linear decay after
 warmup, grad-norm clip 1.0, reentrant gradient checkpointing, seed 42, unused columns kept) and,
@@ -36,6 +39,11 @@ from .core.checkpoint import load_processor, prepare_base_model_for_dift
 from .core.latent_config import COMPRESS_STRATEGIES, DEFAULTS
 from .core.model import LatentQwen2_5_VL
 from .core.tokens import LatentCheckpointError
+from .core.training_checkpoint import (
+    COMPLETE_MARKER,
+    is_complete_checkpoint,
+    newest_complete_checkpoint,
+)
 from .data import DIFTDataError, DIFTJsonlDataset
 from .trainer import DIFTTrainer, LogFileCallback
 
@@ -121,7 +129,8 @@ class DIFTTrainingArguments:
     use_cpu: bool = field(default=False, metadata={
         "help": "train on CPU (automatic when no GPU is visible); with torchrun the processes use gloo"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
-        "help": "a checkpoint-N folder, or 'true' for the newest under OUTPUT_DIR/EXP_NAME/checkpoints"})
+        "help": "a checkpoint-N folder, or 'true' for the newest complete one under OUTPUT_DIR/EXP_NAME/checkpoints "
+                "(half-written ones are skipped; with none, training starts from step 0)"})
     dataloader_num_workers: int = field(default=0, metadata={
         "help": "DataLoader worker processes that load images and collate (0: in the training process)"})
 
@@ -141,8 +150,13 @@ class DIFTTrainingArguments:
             value = self.resume_from_checkpoint.strip()
             if value.lower() in ("", "false", "none", "no"):
                 self.resume_from_checkpoint = None
-            elif value.lower() not in ("true", "latest") and not Path(value).is_dir():
-                raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder {value}")
+            elif value.lower() not in ("true", "latest"):
+                if not Path(value).is_dir():
+                    raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder {value}")
+                if not is_complete_checkpoint(value):
+                    raise ValueError(f"--resume_from_checkpoint: {value} is incomplete (no {COMPLETE_MARKER}: its "
+                                     "run stopped while writing it); name an earlier checkpoint, or pass true for "
+                                     "the newest complete one")
         if not self.use_cpu and not torch.cuda.is_available():
             self.use_cpu = True  # the HF Trainer needs it said explicitly for DeepSpeed/gloo on CPU
         if self.use_cpu and self.bf16:
@@ -219,7 +233,7 @@ def build_training_arguments(args: DIFTTrainingArguments) -> TrainingArguments:
         logging_steps=args.logging_steps,
         save_strategy="steps",
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=None,  # DIFTTrainer rotates (keep_checkpoints), after marking the new one complete
         bf16=args.bf16,
         # Reentrant, as the original; only the language model's layers checkpoint (the frozen vision
         # tower stays in eval mode and runs under no-grad).
@@ -247,6 +261,22 @@ def load_model_and_processor(args: ModelArguments, dtype: torch.dtype):
         model, processor, latent_size=args.latent_size, compress_strategy=args.compress_strategy, stage=args.stage,
         ce_loss_weight=args.ce_loss_weight, sim_loss_weight=args.sim_loss_weight)
     return model, processor, token_ids
+
+
+def resume_checkpoint(args: DIFTTrainingArguments) -> str | None:
+    """The folder to resume from: the one named, or for 'true' the newest complete one under
+    checkpoints/ (newer incomplete ones are skipped with a warning; none: a fresh start, logged)."""
+    if args.resume is not True:
+        return args.resume
+    newest, incomplete = newest_complete_checkpoint(args.checkpoint_dir)
+    for path in incomplete:
+        log.warning("%s is incomplete (no %s: the run stopped while writing it): skipped", path, COMPLETE_MARKER)
+    if newest is None:
+        log.warning("--resume_from_checkpoint true: no complete checkpoint in %s; starting from step 0",
+                    args.checkpoint_dir)
+        return None
+    log.info("resuming from %s", newest)
+    return str(newest)
 
 
 class _RunLogging:
@@ -287,6 +317,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
         if model_args.task != "4dthinker":
             log.info("--task %s: the output-format suffix is added regardless (one conversation format)",
                      model_args.task)
+        resume = resume_checkpoint(args)
         if args.resume is None and any(args.checkpoint_dir.glob("checkpoint-*")):
             log.warning("%s already holds step checkpoints; this run starts from step 0 "
                         "(pass --resume_from_checkpoint true to continue instead)", args.checkpoint_dir)
@@ -306,14 +337,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
 
             callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(args.run_dir / TENSORBOARD))))
         trainer = DIFTTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
-                              processing_class=processor, callbacks=callbacks)
+                              processing_class=processor, callbacks=callbacks,
+                              keep_checkpoints=args.save_total_limit)
         n_trainable = sum(p.numel() for p in model.trainable_parameters())
         log.info("DIFT %s: %d samples, %s trainable parameters (vision tower frozen), %d process(es), "
                  "bf16=%s, deepspeed=%s", args.exp_name, len(dataset), f"{n_trainable:,}", world_size(),
                  args.bf16, args.deepspeed_config)
-        trainer.train(resume_from_checkpoint=args.resume)
-        trainer.save_model(str(args.checkpoint_dir))  # the final model goes into checkpoints/ itself
-        trainer.save_state()
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_final_model(args.checkpoint_dir)  # the final model goes into checkpoints/ itself
         log.info("final checkpoint: %s", args.checkpoint_dir)
         return trainer
     finally:

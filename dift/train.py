@@ -91,6 +91,9 @@ class DataArguments:
         "help": "folder that relative image paths in the JSONL start from; unset: the JSONL's own folder"})
     skip_bad_records: bool = field(default=False, metadata={
         "help": "skip unusable records (counted and reported) instead of stopping at the first with file:line"})
+    max_skip_fraction: float = field(default=1.0, metadata={
+        "help": "with --skip_bad_records: fail (exit 1) once the skipped records exceed this fraction of all "
+                "records; 1.0 fails only when every record was skipped"})
     max_frames: int = field(default=MAX_FRAMES, metadata={"help": "frames per video given to the model (uniform subsample)"})
     fps: float = field(default=1.0, metadata={
         "help": "accepted for compatibility and unused (as in the original): frames are pre-extracted at 1 fps "
@@ -99,6 +102,8 @@ class DataArguments:
     def __post_init__(self):
         if self.max_frames < 1:
             raise ValueError(f"--max_frames must be >= 1, got {self.max_frames}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
 
 
 @dataclass
@@ -327,7 +332,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
         set_seed(args.seed)
         dataset = DIFTJsonlDataset(data_args.data_path, image_root=data_args.image_root,
                                    skip_bad_records=data_args.skip_bad_records, max_frames=data_args.max_frames,
-                                   progress=is_main)
+                                   progress=is_main, max_skip_fraction=data_args.max_skip_fraction)
         dtype = torch.bfloat16 if args.bf16 else torch.float32
         model, processor, token_ids = load_model_and_processor(model_args, dtype)
         collator = DIFTCollator(processor, model_args.latent_size, token_ids)
@@ -344,6 +349,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
                  "bf16=%s, deepspeed=%s", args.exp_name, len(dataset), f"{n_trainable:,}", world_size(),
                  args.bf16, args.deepspeed_config)
         trainer.train(resume_from_checkpoint=resume)
+        if dataset.num_skipped:
+            log.warning("%s", dataset.skip_summary())
         trainer.save_final_model(args.checkpoint_dir)  # the final model goes into checkpoints/ itself
         log.info("final checkpoint: %s", args.checkpoint_dir)
         return trainer

@@ -14,6 +14,8 @@ Resume and checkpoints (rules in `dift.core.training_checkpoint`):
   `save_total_limit`, which deletes the older ones before the new one could be marked);
 - `_load_from_checkpoint` loads the weights through transformers' checkpoint-key renaming (the
   parent's raw-key load matched nothing and trained on from the base weights).
+Records whose images could not be loaded (`--skip_bad_records`) reach `compute_loss` as the batch's
+`skipped_records`; they are handed back to the dataset, which counts them against its budget.
 Everything else (AdamW, linear warmup schedule, clipping, accumulation, DeepSpeed, the full
 processor in every checkpoint) is the parent's, configured by `dift.train`.
 """
@@ -33,6 +35,7 @@ from .core.conversation import OUTPUT_FORMAT_SUFFIX
 from .core.latent_ops import IGNORE_INDEX
 from .core.tokens import IM_START
 from .core.training_checkpoint import load_checkpoint_weights, mark_complete, rotate_checkpoints, unmark
+from .data import SKIPPED_RECORDS
 
 log = logging.getLogger(__name__)
 # The per-step metric lines go to log.txt only (the console already gets them from the progress bar).
@@ -93,6 +96,10 @@ class DIFTTrainer(Trainer):
             if bad:
                 log.warning("step %d: %d parameter tensor(s) hold NaN/Inf before the forward, e.g. %s",
                             step, len(bad), ", ".join(bad[:5]))
+        skipped = inputs.pop(SKIPPED_RECORDS, None)
+        if skipped:
+            # Counted here, in the training process: DataLoader workers' own counts never come back.
+            self.train_dataset.note_unreadable(skipped)
         outputs = model(**inputs)
         if (model.training and step % self.args.logging_steps == 0 and step != self._last_logged_step
                 and self.is_world_process_zero()):

@@ -75,6 +75,8 @@ def test_flags_and_defaults_are_the_originals():
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint: no checkpoint folder"):
         parse("--exp_name", "x", "--resume_from_checkpoint", "/nonexistent/checkpoint-3")
     assert parse("--exp_name", "x", "--resume_from_checkpoint", "true")[2].resume is True
+    with pytest.raises(ValueError, match=r"--max_skip_fraction must be in \[0, 1\], got 1.5"):
+        parse("--exp_name", "x", "--max_skip_fraction", "1.5")
 
 
 def test_resume_refuses_a_named_checkpoint_that_is_incomplete(tmp_path):

@@ -11,7 +11,8 @@ Outputs under OUTPUT_DIR/EXP_NAME/: `checkpoints/` (step checkpoints `checkpoint
 model in `checkpoints/` itself; each with the full processor), `log.txt`, `tensorboard/`.
 A step checkpoint counts once its completion marker is written (`dift.core.training_checkpoint`);
 `--resume_from_checkpoint true` takes the newest complete one and says which incomplete ones it
-skipped.
+skipped. Exit codes: 0 trained, 1 failed (one line), 130 interrupted (one line: the checkpoint kept
+and how to resume).
 
 This module maps the flags onto `transformers.TrainingArguments` (AdamW, linear decay after
 warmup, grad-norm clip 1.0, reentrant gradient checkpointing, seed 42, unused columns kept) and,
@@ -41,6 +42,7 @@ from .core.model import LatentQwen2_5_VL
 from .core.tokens import LatentCheckpointError
 from .core.training_checkpoint import (
     COMPLETE_MARKER,
+    checkpoint_step,
     is_complete_checkpoint,
     newest_complete_checkpoint,
 )
@@ -284,6 +286,15 @@ def resume_checkpoint(args: DIFTTrainingArguments) -> str | None:
     return str(newest)
 
 
+def interrupted_message(args: DIFTTrainingArguments) -> str:
+    """The one line a Ctrl-C ends with: what was kept, and how to go on."""
+    newest, _ = newest_complete_checkpoint(args.checkpoint_dir)
+    if newest is None:
+        return "dift.train: interrupted before the first complete checkpoint; nothing kept (rerun to start over)"
+    return (f"dift.train: interrupted; kept {newest} (step {checkpoint_step(newest)}); to continue, rerun "
+            "the same command with --resume_from_checkpoint true")
+
+
 class _RunLogging:
     """Console logging on every rank (warnings only off rank 0) and log.txt on rank 0, for one run."""
 
@@ -348,7 +359,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
         log.info("DIFT %s: %d samples, %s trainable parameters (vision tower frozen), %d process(es), "
                  "bf16=%s, deepspeed=%s", args.exp_name, len(dataset), f"{n_trainable:,}", world_size(),
                  args.bf16, args.deepspeed_config)
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            # Close the progress bar and the TensorBoard writer as a finished run does: a bar left
+            # open is redrawn at exit, after main's closing line.
+            trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+            raise
         if dataset.num_skipped:
             log.warning("%s", dataset.skip_summary())
         trainer.save_final_model(args.checkpoint_dir)  # the final model goes into checkpoints/ itself
@@ -369,6 +386,10 @@ def main(argv: list[str] | None = None) -> DIFTTrainer:
         return train(model_args, data_args, args)
     except (DIFTDataError, LatentCheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"dift.train: {err}") from None
+    except KeyboardInterrupt:
+        # After the progress bar's unfinished line: a newline, then the one line.
+        sys.stderr.write("\n" + interrupted_message(args) + "\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

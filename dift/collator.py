@@ -17,6 +17,7 @@ from .core.conversation import count_output_images, render_training_text
 from .core.inputs import encode_batch, encode_helper_images
 from .core.latent_ops import IGNORE_INDEX, build_image_out_mask
 from .core.tokens import LatentTokenIds
+from .data import SKIPPED_RECORDS
 
 
 def assistant_token_id(tokenizer) -> int:
@@ -84,6 +85,8 @@ class DIFTCollator:
       pixel_values_videos, video_grid_thw, second_per_grid_ts (2.0: 1 fps) for video samples;
       pixel_values, image_grid_thw for single-image samples
       pixel_values_latent, image_grid_thw_latent  the helper images, batch-major (absent if none)
+      skipped_records the samples' `skipped_records` joined (records replaced because their images
+                      failed to load; absent if none): `DIFTTrainer` takes it out before the forward
     """
 
     processor: object
@@ -113,4 +116,7 @@ class DIFTCollator:
         batch["image_out_mask"] = build_image_out_mask(ids, t.pad, t.start)
         if helper_images:
             batch.update(encode_helper_images(self.processor, helper_images))
+        skipped = [record for s in samples for record in s.get(SKIPPED_RECORDS, ())]
+        if skipped:
+            batch[SKIPPED_RECORDS] = skipped
         return batch

@@ -10,6 +10,13 @@ count, helper-image count, image files present: a `stat`, no decoding) and keeps
 offset and line number of each good record; records are re-read and images loaded per item, so
 memory does not grow with the file. A bad record is a one-line `DIFTDataError` naming file:line, or,
 with `skip_bad_records`, is counted and reported in one logged summary.
+
+With `skip_bad_records`, a record whose images fail to load when its item is built (a corrupt or
+truncated image: indexing only checks that the files exist) is replaced by the next loadable one
+and reported in the item's `skipped_records`; the training process hands those back
+(`note_unreadable`, as DataLoader workers' own counts never return) and they join the count.
+Skipping more than `max_skip_fraction` of all records (default 1.0: only skipping every one) is a
+`DIFTDataError`. Under several processes each counts the records of its own shard.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from array import array
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -32,6 +40,9 @@ log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "image_input", "image_output", "text_input", "text_output")
 MAX_REPORTED_BAD_RECORDS = 20  # messages kept for the summary; the counts cover every record
+# Item and batch key: (source, message) of the records an item replaced because their images failed to load.
+SKIPPED_RECORDS = "skipped_records"
+UNREADABLE = "unreadable image"  # the summary's category for those
 
 
 class DIFTDataError(ValueError):
@@ -70,7 +81,8 @@ class DIFTJsonlDataset(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                 skip_bad_records: bool = False, max_frames: int = MAX_FRAMES, progress: bool = True):
+                 skip_bad_records: bool = False, max_frames: int = MAX_FRAMES, progress: bool = True,
+                 max_skip_fraction: float = 1.0):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"DIFT data file not found: {self.path}")
@@ -79,13 +91,18 @@ class DIFTJsonlDataset(Dataset):
             raise FileNotFoundError(f"image root folder not found: {self.image_root}")
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
         self.skip_bad_records = skip_bad_records
+        self.max_skip_fraction = max_skip_fraction
         self.max_frames = max_frames
         # Two flat integer arrays instead of record objects: 12 bytes per record.
         self._offsets = array("q")
         self._line_numbers = array("l")
         self.skipped: Counter[str] = Counter()  # bad-record category -> count
         self.bad_records: list[str] = []  # the first MAX_REPORTED_BAD_RECORDS messages
+        self._counted_unreadable: set[str] = set()  # sources counted by note_unreadable
+        self._unloadable: set[int] = set()  # items this process failed to load (passed over next time)
         self._file = None
         self._file_pid = None
         self._index(progress)
@@ -116,12 +133,45 @@ class DIFTJsonlDataset(Dataset):
                 self._offsets.append(start)
                 self._line_numbers.append(line_number)
         if self.skipped:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped.items()))
-            log.warning("%s: skipped %d bad record(s) of %d (%s); first: %s", self.path, self.num_skipped,
-                        self.num_skipped + len(self), kinds, self.bad_records[0])
+            log.warning("%s", self.skip_summary())
         if not len(self):
             raise DIFTDataError(f"{self.path}: no usable records")
+        self._check_skip_budget()
         log.info("%s: %d records", self.path, len(self))
+
+    # ------------------------------------------------------------------------------------------
+    # Skipped records
+
+    @property
+    def num_records(self) -> int:
+        """Records in the file, good and skipped."""
+        return len(self) + sum(n for kind, n in self.skipped.items() if kind != UNREADABLE)
+
+    def skip_summary(self) -> str | None:
+        """One line: how many records were skipped, of what kinds, and the first one's message."""
+        if not self.skipped:
+            return None
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped.items()))
+        return (f"{self.path}: skipped {self.num_skipped} bad record(s) of {self.num_records} ({kinds}); "
+                f"first: {self.bad_records[0]}")
+
+    def _check_skip_budget(self) -> None:
+        skipped, total = self.num_skipped, self.num_records
+        if skipped and (skipped == total or skipped > self.max_skip_fraction * total):
+            raise DIFTDataError(f"{self.path}: {skipped} of {total} records skipped, more than --max_skip_fraction "
+                                f"{self.max_skip_fraction:g} allows (first: {self.bad_records[0]})")
+
+    def note_unreadable(self, records) -> None:
+        """Count the (source, message) records an item replaced (its `skipped_records`), once each;
+        raises `DIFTDataError` when the skipped records pass `max_skip_fraction`."""
+        for source, message in records:
+            if source in self._counted_unreadable:
+                continue
+            self._counted_unreadable.add(source)
+            self.skipped[UNREADABLE] += 1
+            if len(self.bad_records) < MAX_REPORTED_BAD_RECORDS:
+                self.bad_records.append(message)
+        self._check_skip_budget()
 
     @staticmethod
     def _parse(raw: bytes) -> dict:
@@ -184,6 +234,26 @@ class DIFTJsonlDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} records")
+        if not self.skip_bad_records:
+            return self._load(index)
+        replaced = []
+        for candidate in (i % len(self) for i in range(index, index + len(self))):
+            if candidate in self._unloadable:
+                continue
+            try:
+                item = self._load(candidate)
+            except DIFTDataError as err:
+                self._unloadable.add(candidate)
+                log.warning("%s (skipped: --skip_bad_records)", err)
+                replaced.append((self.source(candidate), str(err)))
+                continue
+            if replaced:
+                item[SKIPPED_RECORDS] = replaced
+            return item
+        raise DIFTDataError(f"{self.path}: the images of none of the {len(self)} records could be loaded"
+                            + (f" (first: {replaced[0][1]})" if replaced else ""))
+
+    def _load(self, index: int) -> dict:
         record = self.record(index)
         source = self.source(index)
         try:
@@ -195,7 +265,7 @@ class DIFTJsonlDataset(Dataset):
             helpers = record["image_output"]
             helpers = [helpers] if isinstance(helpers, str) else helpers
             helper_images = load_images([self.resolve(p) for p in helpers])
-        except OSError as err:  # deleted or corrupted since indexing
+        except (OSError, Image.DecompressionBombError) as err:  # corrupt, truncated, or deleted since indexing
             raise DIFTDataError(f"{source}: {err}") from None
         question = record["text_input"]
         # The suffix is added when the conversation is rendered; a record that already carries

@@ -9,6 +9,10 @@ Flags are the original launcher's (`--epochs`, `--batch_size`, `--latent_size`, 
 `--gradient_checkpointing`, `--seed`, `--use_cpu`, `--resume_from_checkpoint`); `--help` lists all.
 Outputs under OUTPUT_DIR/EXP_NAME/: `checkpoints/` (step checkpoints `checkpoint-N`, the final
 model in `checkpoints/` itself; each with the full processor), `log.txt`, `tensorboard/`.
+A step checkpoint counts once its completion marker is written (`dift.core.training_checkpoint`);
+`--resume_from_checkpoint true` takes the newest complete one and says which incomplete ones it
+skipped. Exit codes: 0 trained, 1 failed (one line), 130 interrupted (one line: the checkpoint kept
+and how to resume).
 
 This module maps the flags onto `transformers.TrainingArguments` (AdamW, linear decay after
 warmup, grad-norm clip 1.0, reentrant gradient checkpointing, seed 42, unused columns kept) and,
@@ -37,6 +41,12 @@ from .core.distributed import ProcessLayout
 from .core.latent_config import COMPRESS_STRATEGIES, DEFAULTS
 from .core.model import LatentQwen2_5_VL
 from .core.tokens import LatentCheckpointError
+from .core.training_checkpoint import (
+    COMPLETE_MARKER,
+    checkpoint_step,
+    is_complete_checkpoint,
+    newest_complete_checkpoint,
+)
 from .data import DIFTDataError, DIFTJsonlDataset
 from .trainer import DIFTTrainer, LogFileCallback
 
@@ -84,6 +94,9 @@ class DataArguments:
         "help": "folder that relative image paths in the JSONL start from; unset: the JSONL's own folder"})
     skip_bad_records: bool = field(default=False, metadata={
         "help": "skip unusable records (counted and reported) instead of stopping at the first with file:line"})
+    max_skip_fraction: float = field(default=1.0, metadata={
+        "help": "with --skip_bad_records: fail (exit 1) once the skipped records exceed this fraction of all "
+                "records; 1.0 fails only when every record was skipped"})
     max_frames: int = field(default=MAX_FRAMES, metadata={"help": "frames per video given to the model (uniform subsample)"})
     fps: float = field(default=1.0, metadata={
         "help": "accepted for compatibility and unused (as in the original): frames are pre-extracted at 1 fps "
@@ -92,6 +105,8 @@ class DataArguments:
     def __post_init__(self):
         if self.max_frames < 1:
             raise ValueError(f"--max_frames must be >= 1, got {self.max_frames}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
 
 
 @dataclass
@@ -122,7 +137,8 @@ class DIFTTrainingArguments:
     use_cpu: bool = field(default=False, metadata={
         "help": "train on CPU (automatic when no GPU is visible); with torchrun the processes use gloo"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
-        "help": "a checkpoint-N folder, or 'true' for the newest under OUTPUT_DIR/EXP_NAME/checkpoints"})
+        "help": "a checkpoint-N folder, or 'true' for the newest complete one under OUTPUT_DIR/EXP_NAME/checkpoints "
+                "(half-written ones are skipped; with none, training starts from step 0)"})
     dataloader_num_workers: int = field(default=0, metadata={
         "help": "DataLoader worker processes that load images and collate (0: in the training process)"})
 
@@ -142,8 +158,13 @@ class DIFTTrainingArguments:
             value = self.resume_from_checkpoint.strip()
             if value.lower() in ("", "false", "none", "no"):
                 self.resume_from_checkpoint = None
-            elif value.lower() not in ("true", "latest") and not Path(value).is_dir():
-                raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder {value}")
+            elif value.lower() not in ("true", "latest"):
+                if not Path(value).is_dir():
+                    raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder {value}")
+                if not is_complete_checkpoint(value):
+                    raise ValueError(f"--resume_from_checkpoint: {value} is incomplete (no {COMPLETE_MARKER}: its "
+                                     "run stopped while writing it); name an earlier checkpoint, or pass true for "
+                                     "the newest complete one")
         if not self.use_cpu and not torch.cuda.is_available():
             self.use_cpu = True  # the HF Trainer needs it said explicitly for DeepSpeed/gloo on CPU
         if self.use_cpu and self.bf16:
@@ -220,7 +241,7 @@ def build_training_arguments(args: DIFTTrainingArguments) -> TrainingArguments:
         logging_steps=args.logging_steps,
         save_strategy="steps",
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=None,  # DIFTTrainer rotates (keep_checkpoints), after marking the new one complete
         bf16=args.bf16,
         # Reentrant, as the original; only the language model's layers checkpoint (the frozen vision
         # tower stays in eval mode and runs under no-grad).
@@ -248,6 +269,31 @@ def load_model_and_processor(args: ModelArguments, dtype: torch.dtype):
         model, processor, latent_size=args.latent_size, compress_strategy=args.compress_strategy, stage=args.stage,
         ce_loss_weight=args.ce_loss_weight, sim_loss_weight=args.sim_loss_weight)
     return model, processor, token_ids
+
+
+def resume_checkpoint(args: DIFTTrainingArguments) -> str | None:
+    """The folder to resume from: the one named, or for 'true' the newest complete one under
+    checkpoints/ (newer incomplete ones are skipped with a warning; none: a fresh start, logged)."""
+    if args.resume is not True:
+        return args.resume
+    newest, incomplete = newest_complete_checkpoint(args.checkpoint_dir)
+    for path in incomplete:
+        log.warning("%s is incomplete (no %s: the run stopped while writing it): skipped", path, COMPLETE_MARKER)
+    if newest is None:
+        log.warning("--resume_from_checkpoint true: no complete checkpoint in %s; starting from step 0",
+                    args.checkpoint_dir)
+        return None
+    log.info("resuming from %s", newest)
+    return str(newest)
+
+
+def interrupted_message(args: DIFTTrainingArguments) -> str:
+    """The one line a Ctrl-C ends with: what was kept, and how to go on."""
+    newest, _ = newest_complete_checkpoint(args.checkpoint_dir)
+    if newest is None:
+        return "dift.train: interrupted before the first complete checkpoint; nothing kept (rerun to start over)"
+    return (f"dift.train: interrupted; kept {newest} (step {checkpoint_step(newest)}); to continue, rerun "
+            "the same command with --resume_from_checkpoint true")
 
 
 class _RunLogging:
@@ -288,6 +334,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
         if model_args.task != "4dthinker":
             log.info("--task %s: the output-format suffix is added regardless (one conversation format)",
                      model_args.task)
+        resume = resume_checkpoint(args)
         if args.resume is None and any(args.checkpoint_dir.glob("checkpoint-*")):
             log.warning("%s already holds step checkpoints; this run starts from step 0 "
                         "(pass --resume_from_checkpoint true to continue instead)", args.checkpoint_dir)
@@ -301,7 +348,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
         set_seed(args.seed)
         dataset = DIFTJsonlDataset(data_args.data_path, image_root=data_args.image_root,
                                    skip_bad_records=data_args.skip_bad_records, max_frames=data_args.max_frames,
-                                   progress=is_main)
+                                   progress=is_main, max_skip_fraction=data_args.max_skip_fraction)
         dtype = torch.bfloat16 if args.bf16 else torch.float32
         model, processor, token_ids = load_model_and_processor(model_args, dtype)
         collator = DIFTCollator(processor, model_args.latent_size, token_ids)
@@ -311,14 +358,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
 
             callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(args.run_dir / TENSORBOARD))))
         trainer = DIFTTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
-                              processing_class=processor, callbacks=callbacks)
+                              processing_class=processor, callbacks=callbacks,
+                              keep_checkpoints=args.save_total_limit)
         n_trainable = sum(p.numel() for p in model.trainable_parameters())
         log.info("DIFT %s: %d samples, %s trainable parameters (vision tower frozen), %d process(es), "
                  "bf16=%s, deepspeed=%s", args.exp_name, len(dataset), f"{n_trainable:,}", world_size(),
                  args.bf16, args.deepspeed_config)
-        trainer.train(resume_from_checkpoint=args.resume)
-        trainer.save_model(str(args.checkpoint_dir))  # the final model goes into checkpoints/ itself
-        trainer.save_state()
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            # Close the progress bar and the TensorBoard writer as a finished run does: a bar left
+            # open is redrawn at exit, after main's closing line.
+            trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+            raise
+        if dataset.num_skipped:
+            log.warning("%s", dataset.skip_summary())
+        trainer.save_final_model(args.checkpoint_dir)  # the final model goes into checkpoints/ itself
         log.info("final checkpoint: %s", args.checkpoint_dir)
         return trainer
     finally:
@@ -336,6 +391,10 @@ def main(argv: list[str] | None = None) -> DIFTTrainer:
         return train(model_args, data_args, args)
     except (DIFTDataError, LatentCheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"dift.train: {err}") from None
+    except KeyboardInterrupt:
+        # After the progress bar's unfinished line: a newline, then the one line.
+        sys.stderr.write("\n" + interrupted_message(args) + "\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dift.collator import DIFTCollator
 from dift.core.checkpoint import load_processor
 from dift.core.conversation import OUTPUT_FORMAT_SUFFIX
 from dift.core.tokens import LatentTokenIds
-from dift.data import DIFTDataError, DIFTJsonlDataset
+from dift.data import SKIPPED_RECORDS, DIFTDataError, DIFTJsonlDataset
 from scripts.make_demo_dift_data import write_demo_data
 
 
@@ -141,3 +141,81 @@ def test_demo_data_is_valid_and_its_answers_are_right(tmp_path):
     assert len(item["visual"]) == 3 and item["visual"][0].size == (84, 84)
     again = write_demo_data(tmp_path / "again", num_samples=6, seed=3, num_frames=3, size=84)
     assert again.read_text() == path.read_text()  # deterministic for a seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Images that exist but cannot be decoded (indexing only checks that the files are there)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def test_a_corrupt_image_stops_at_its_line_or_is_replaced_and_counted(tmp_path, images, tiny_latent):
+    Image.effect_noise((64, 48), 60).convert("RGB").save(images / "noisy.jpg")
+    path = write_jsonl(tmp_path / "data.jsonl", [good_record(0), good_record(1, image_input=["img/noisy.jpg"]),
+                                                 good_record(2)])
+    truncate(images / "noisy.jpg")
+    with pytest.raises(DIFTDataError, match=rf"^{re.escape(str(path))}:2: cannot read image .*noisy\.jpg"):
+        DIFTJsonlDataset(path)[1]
+
+    ds = DIFTJsonlDataset(path, skip_bad_records=True)
+    item = ds[1]
+    assert item["id"] == "s2"  # the next loadable record takes its place
+    [(source, message)] = item[SKIPPED_RECORDS]
+    assert source == f"{path}:2" and message.startswith(f"{path}:2: cannot read image")
+    assert SKIPPED_RECORDS not in ds[1]  # known now: passed over without a second report
+    processor = load_processor(tiny_latent)
+    batch = DIFTCollator(processor, 4, LatentTokenIds.from_tokenizer(processor.tokenizer))([ds[0], item])
+    assert batch[SKIPPED_RECORDS] == [(source, message)]
+    ds.note_unreadable(batch[SKIPPED_RECORDS])
+    ds.note_unreadable(batch[SKIPPED_RECORDS])  # counted once per record
+    assert ds.num_skipped == 1 and ds.num_records == 3
+    assert ds.skip_summary().startswith(f"{path}: skipped 1 bad record(s) of 3 (1 unreadable image); first: {path}:2:")
+
+
+def test_max_skip_fraction_decides_when_skipping_fails(tmp_path, images):
+    path = write_jsonl(tmp_path / "data.jsonl", [good_record(0), BAD["not JSON"], good_record(2), good_record(3)])
+    with pytest.raises(DIFTDataError, match=r"1 of 4 records skipped, more than --max_skip_fraction 0.2 allows"):
+        DIFTJsonlDataset(path, skip_bad_records=True, max_skip_fraction=0.2)
+    DIFTJsonlDataset(path, skip_bad_records=True, max_skip_fraction=0.25)  # 1 of 4: within
+    ds = DIFTJsonlDataset(path, skip_bad_records=True, max_skip_fraction=0.5)
+    ds.note_unreadable([(ds.source(0), f"{ds.source(0)}: cannot read image")])  # 2 of 4: within
+    with pytest.raises(DIFTDataError, match=rf"^{re.escape(str(path))}: 3 of 4 records skipped, more than "
+                                            r"--max_skip_fraction 0.5 allows \(first: .*:2: not valid JSON"):
+        ds.note_unreadable([(ds.source(1), f"{ds.source(1)}: cannot read image")])
+    # The default fails only when every record was skipped.
+    for i in range(3):
+        truncate(images / f"frame_{i:04d}.jpg")
+    everything = DIFTJsonlDataset(path, skip_bad_records=True)
+    with pytest.raises(DIFTDataError, match="the images of none of the 3 records could be loaded"):
+        everything[0]
+    with pytest.raises(ValueError, match="max_skip_fraction"):
+        DIFTJsonlDataset(path, max_skip_fraction=1.5)
+
+
+def test_training_skips_a_corrupt_image_and_says_how_many(tmp_path, tiny_base, one_torch_thread):
+    from dift.train import main
+
+    data = write_demo_data(tmp_path / "data", num_samples=4, seed=0, num_frames=2, size=56)
+    truncate(data.parent / "helpers" / "demo_00001_1.jpg")
+
+    def argv(exp, *extra):
+        return ["--exp_name", exp, "--model", str(tiny_base), "--data_path", str(data), "--output_dir",
+                str(tmp_path / "out"), "--max_steps", "4", "--save_steps", "100", "--no_gradient_checkpointing", *extra]
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv("strict"))
+    message = str(stopped.value.code)
+    assert message.startswith(f"dift.train: {data}:2: cannot read image") and "\n" not in message
+
+    trainer = main(argv("skipping", "--skip_bad_records"))
+    assert trainer.state.global_step == 4 and trainer.train_dataset.num_skipped == 1
+    log_text = (tmp_path / "out" / "skipping" / "log.txt").read_text()
+    assert f"{data}: skipped 1 bad record(s) of 4 (1 unreadable image); first: {data}:2: cannot read" in log_text
+
+    with pytest.raises(SystemExit) as over_budget:
+        main(argv("budget", "--skip_bad_records", "--max_skip_fraction", "0.2"))
+    message = str(over_budget.value.code)
+    assert message.startswith(f"dift.train: {data}: 1 of 4 records skipped, more than --max_skip_fraction 0.2")
+    assert "\n" not in message

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from dift.collator import DIFTCollator
 from dift.core.checkpoint import load_latent_model, load_processor
 from dift.core.tokens import LatentTokenIds
+from dift.core.training_checkpoint import COMPLETE_MARKER, is_complete_checkpoint
 from dift.data import DIFTJsonlDataset
 from dift.train import (
     TASKS,
@@ -66,6 +68,17 @@ def test_flags_and_defaults_are_the_originals():
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint: no checkpoint folder"):
         parse("--exp_name", "x", "--resume_from_checkpoint", "/nonexistent/checkpoint-3")
     assert parse("--exp_name", "x", "--resume_from_checkpoint", "true")[2].resume is True
+    with pytest.raises(ValueError, match=r"--max_skip_fraction must be in \[0, 1\], got 1.5"):
+        parse("--exp_name", "x", "--max_skip_fraction", "1.5")
+
+
+def test_resume_refuses_a_named_checkpoint_that_is_incomplete(tmp_path):
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete \(no checkpoint_complete.json"):
+        parse("--exp_name", "x", "--resume_from_checkpoint", str(folder))
+    (folder / COMPLETE_MARKER).write_text("{}")
+    assert parse("--exp_name", "x", "--resume_from_checkpoint", str(folder))[2].resume == str(folder)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -232,23 +245,62 @@ def test_training_lowers_the_loss_and_writes_the_outputs(tiny_base, demo_data, t
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_resume_continues_from_the_saved_step(tiny_base, demo_data, tmp_path):
+def max_weight_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference between two safetensors files holding the same keys."""
+    first, second = load_file(a), load_file(b)
+    assert set(first) == set(second)
+    return max(float((first[k].double() - second[k].double()).abs().max()) for k in first)
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_base, demo_data, tmp_path, one_torch_thread):
+    """6 steps in one go against 2 steps, a stop, and 4 resumed steps: weights, Adam moments, the
+    schedule, the RNG and the data position must all come back (4 samples: the resumed part
+    finishes epoch 1 mid-way and crosses into epoch 2). A half-written newer checkpoint is skipped."""
     from dift.train import main
 
-    argv = train_argv(tiny_base, demo_data, tmp_path, "resume", "--learning_rate", "1e-3", "--save_steps", "2",
-                      "--no_gradient_checkpointing")
-    first = main([*argv, "--max_steps", "2"])
-    assert first.state.global_step == 2
-    saved = tmp_path / "resume" / "checkpoints" / "checkpoint-2"
-    saved_state = torch.load(saved / "optimizer.pt", weights_only=False)["state"]
-    assert {int(s["step"]) for s in saved_state.values()} == {2}
+    def argv(exp, *extra):
+        return train_argv(tiny_base, demo_data, tmp_path, exp, "--learning_rate", "1e-3", "--save_steps", "2",
+                          "--save_total_limit", "3", "--no_gradient_checkpointing", "--max_steps", "6", *extra)
 
-    second = main([*argv, "--max_steps", "4", "--resume_from_checkpoint", "true"])
-    assert second.state.global_step == 4
-    steps = [s for s, _ in logged(tmp_path / "resume" / "checkpoints" / "trainer_state.json")]
-    assert steps == [0, 1, 2, 3]  # steps 0-1 from the first run, 2-3 from the resumed one, none repeated
-    state = second.optimizer.state_dict()["state"]
-    assert {int(s["step"]) for s in state.values()} == {4}  # Adam moments continued, not restarted
+    whole = main(argv("whole"))
+    whole_dir = tmp_path / "whole" / "checkpoints"
+    assert sorted(p.name for p in whole_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert all(is_complete_checkpoint(p) for p in whole_dir.glob("checkpoint-*"))
+
+    # The "stopped" run: its step-2 checkpoint, and a step-4 one cut short while being written.
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(whole_dir / "checkpoint-2", resumed_dir / "checkpoint-2")
+    shutil.copytree(whole_dir / "checkpoint-4", resumed_dir / "checkpoint-4",
+                    ignore=shutil.ignore_patterns(COMPLETE_MARKER, "optimizer.pt", "scheduler.pt", "trainer_state.json"))
+    weights = resumed_dir / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    base = load_file(tiny_base / "model.safetensors")
+    at_step_2 = load_file(resumed_dir / "checkpoint-2" / "model.safetensors")
+    assert not torch.equal(base["model.layers.0.mlp.up_proj.weight"], at_step_2["model.layers.0.mlp.up_proj.weight"])
+
+    resumed = main(argv("resumed", "--resume_from_checkpoint", "true"))
+    assert resumed.state.global_step == 6
+    log_text = (tmp_path / "resumed" / "log.txt").read_text()
+    assert "checkpoint-4 is incomplete" in log_text and "resuming from" in log_text and "checkpoint-2" in log_text
+    assert "missing keys" not in log_text and "unexpected keys" not in log_text
+
+    difference = max_weight_difference(whole_dir / "model.safetensors", resumed_dir / "model.safetensors")
+    print(f"max weight difference, uninterrupted vs resumed: {difference:.3g}")
+    assert difference <= 1e-6
+    # Losses of the resumed steps are the uninterrupted run's (data position and weights restored).
+    whole_losses = dict(logged(whole_dir / "trainer_state.json"))
+    resumed_losses = dict(logged(resumed_dir / "trainer_state.json"))
+    assert sorted(resumed_losses) == list(range(6))  # steps 0-1 carried in the state, 2-5 trained again
+    assert [resumed_losses[s] for s in range(2, 6)] == pytest.approx([whole_losses[s] for s in range(2, 6)],
+                                                                      rel=1e-5)
+    # Adam moments and the schedule continued, not restarted.
+    assert resumed.lr_scheduler.get_last_lr() == whole.lr_scheduler.get_last_lr()
+    whole_state, resumed_state = whole.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert whole_state.keys() == resumed_state.keys()
+    for key, state in whole_state.items():
+        assert int(state["step"]) == int(resumed_state[key]["step"]) == 6
+        torch.testing.assert_close(resumed_state[key]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.slow

@@ -102,15 +102,22 @@ def test_skip_bad_records_counts_and_reports(tmp_path, images, caplog):
     assert "skipped 6 bad record(s) of 8" in caplog.text and f"{path}:2:" in caplog.text
 
 
-def test_the_cli_stops_on_a_bad_record_with_one_line(tmp_path, images, tiny_base):
-    from dift.train import main
+def failure_line(capsys, exit_info) -> str:
+    """The one line a failed `python -m dift.train` ends with (exit 1)."""
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1].removeprefix("python -m dift.train: failed: ")
+
+
+def test_the_cli_stops_on_a_bad_record_with_one_line(tmp_path, images, tiny_base, capsys):
+    from dift.train import cli
 
     path = write_jsonl(tmp_path / "data.jsonl", [good_record(0), BAD["output_image mismatch"]])
     with pytest.raises(SystemExit) as exit_info:
-        main(["--exp_name", "bad", "--model", str(tiny_base), "--data_path", str(path),
-              "--output_dir", str(tmp_path / "out")])
-    message = str(exit_info.value.code)
-    assert message.startswith(f"dift.train: {path}:2: text_output has 2 <output_image>") and "\n" not in message
+        cli(["--exp_name", "bad", "--model", str(tiny_base), "--data_path", str(path),
+             "--output_dir", str(tmp_path / "out")])
+    assert failure_line(capsys, exit_info).startswith(f"{path}:2: text_output has 2 <output_image>")
 
 
 def test_records_are_not_held_in_memory_and_images_load_lazily(tmp_path, images):
@@ -194,8 +201,8 @@ def test_max_skip_fraction_decides_when_skipping_fails(tmp_path, images):
         DIFTJsonlDataset(path, max_skip_fraction=1.5)
 
 
-def test_training_skips_a_corrupt_image_and_says_how_many(tmp_path, tiny_base, one_torch_thread):
-    from dift.train import main
+def test_training_skips_a_corrupt_image_and_says_how_many(tmp_path, tiny_base, one_torch_thread, capsys):
+    from dift.train import cli, main
 
     data = write_demo_data(tmp_path / "data", num_samples=4, seed=0, num_frames=2, size=56)
     truncate(data.parent / "helpers" / "demo_00001_1.jpg")
@@ -205,9 +212,8 @@ def test_training_skips_a_corrupt_image_and_says_how_many(tmp_path, tiny_base, o
                 str(tmp_path / "out"), "--max_steps", "4", "--save_steps", "100", "--no_gradient_checkpointing", *extra]
 
     with pytest.raises(SystemExit) as stopped:
-        main(argv("strict"))
-    message = str(stopped.value.code)
-    assert message.startswith(f"dift.train: {data}:2: cannot read image") and "\n" not in message
+        cli(argv("strict"))
+    assert failure_line(capsys, stopped).startswith(f"{data}:2: cannot read image")
 
     trainer = main(argv("skipping", "--skip_bad_records"))
     assert trainer.state.global_step == 4 and trainer.train_dataset.num_skipped == 1
@@ -215,7 +221,6 @@ def test_training_skips_a_corrupt_image_and_says_how_many(tmp_path, tiny_base, o
     assert f"{data}: skipped 1 bad record(s) of 4 (1 unreadable image); first: {data}:2: cannot read" in log_text
 
     with pytest.raises(SystemExit) as over_budget:
-        main(argv("budget", "--skip_bad_records", "--max_skip_fraction", "0.2"))
-    message = str(over_budget.value.code)
-    assert message.startswith(f"dift.train: {data}: 1 of 4 records skipped, more than --max_skip_fraction 0.2")
-    assert "\n" not in message
+        cli(argv("budget", "--skip_bad_records", "--max_skip_fraction", "0.2"))
+    assert failure_line(capsys, over_budget).startswith(
+        f"{data}: 1 of 4 records skipped, more than --max_skip_fraction 0.2")

@@ -16,18 +16,18 @@ from safetensors.torch import load_file
 
 from dift.collator import DIFTCollator
 from dift.core.checkpoint import load_latent_model, load_processor
+from dift.core.cli import UsageError, parse_cli_args
 from dift.core.tokens import LatentTokenIds
 from dift.core.training_checkpoint import COMPLETE_MARKER, is_complete_checkpoint
 from dift.data import DIFTJsonlDataset
-from dift.train import (
-    TASKS,
-    DIFTTrainingArguments,
-    ModelArguments,
+from dift.recipe import (
     build_training_arguments,
+    finalize_for_device,
     load_model_and_processor,
-    make_parser,
     resolve_deepspeed_config,
+    resume_checkpoint,
 )
+from dift.train import TASKS, DIFTTrainingArguments, ModelArguments, make_parser
 from dift.trainer import DIFTTrainer, decode_sample, non_finite_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,8 @@ def test_flags_and_defaults_are_the_originals():
     assert (train.batch_size, train.gradient_accumulation_steps, train.logging_steps) == (1, 1, 20)
     assert (train.save_steps, train.save_total_limit, train.seed, train.output_dir) == (1000, 1, 42, "./outputs")
     assert train.checkpoint_dir == Path("outputs/x/checkpoints") and data.fps == 2.0 and "4dthinker" in TASKS
+    assert train.report_to == "tensorboard"
+    finalize_for_device(train)
     assert train.use_cpu and not train.bf16  # no GPU here: CPU, bf16 switched off
     with pytest.raises(SystemExit):
         parse("--latent_size", "4")  # --exp_name is required
@@ -75,10 +77,24 @@ def test_flags_and_defaults_are_the_originals():
 def test_resume_refuses_a_named_checkpoint_that_is_incomplete(tmp_path):
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
-    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete \(no checkpoint_complete.json"):
-        parse("--exp_name", "x", "--resume_from_checkpoint", str(folder))
+    args = parse("--exp_name", "x", "--resume_from_checkpoint", str(folder))[2]
+    with pytest.raises(UsageError, match=r"checkpoint-4 is incomplete \(no checkpoint_complete.json"):
+        resume_checkpoint(args)
     (folder / COMPLETE_MARKER).write_text("{}")
-    assert parse("--exp_name", "x", "--resume_from_checkpoint", str(folder))[2].resume == str(folder)
+    assert resume_checkpoint(args) == str(folder)
+
+
+def test_hf_flag_names_and_yaml_config_mean_the_originals(tmp_path):
+    original = parse("--exp_name", "x", "--model", "m", "--epochs", "2", "--batch_size", "3",
+                     "--deepspeed_config", str(CONFIGS[0]))
+    hf = parse("--run_name", "x", "--model_name_or_path", "m", "--num_train_epochs", "2",
+               "--per_device_train_batch_size", "3", "--deepspeed", str(CONFIGS[0]))
+    assert hf == original
+    config = tmp_path / "dift.yaml"
+    config.write_text(f"exp_name: x\nmodel_name_or_path: m\nepochs: 2\nper_device_train_batch_size: 3\n"
+                      f"deepspeed_config: {CONFIGS[0]}\n")
+    assert parse_cli_args(make_parser(), ["--config", str(config)]) == original
+    assert parse_cli_args(make_parser(), ["--config", str(config), "--epochs", "5"])[2].epochs == 5
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -101,7 +117,7 @@ def test_the_cli_accepts_each_config():
     """TrainingArguments (HF's DeepSpeed config checks, DeepSpeed's init) from each file; in a
     subprocess, because DeepSpeed sets process-wide state."""
     code = (
-        "import sys\nfrom dift.train import make_parser, build_training_arguments\n"
+        "import sys\nfrom dift.train import make_parser\nfrom dift.recipe import build_training_arguments\n"
         "for cfg in sys.argv[1:]:\n"
         "    *_, args = make_parser().parse_args_into_dataclasses(args=['--exp_name', 'x', '--deepspeed_config', cfg,"
         " '--output_dir', '/tmp/unused', '--batch_size', '2'])\n"

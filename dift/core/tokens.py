@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 # Qwen2.5-VL's special tokens, in the id order of the real tokenizer (151643..151664).
 QWEN2_5_VL_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -124,6 +122,8 @@ def add_latent_tokens(tokenizer, model=None) -> LatentTokenIds:
     if model is None:
         return ids
 
+    import torch
+
     embeddings = model.get_input_embeddings()
     needed_rows = max(ids.latent) + 1
     if embeddings.weight.shape[0] < needed_rows:
@@ -143,7 +143,7 @@ def add_latent_tokens(tokenizer, model=None) -> LatentTokenIds:
     return ids
 
 
-def _embedding_like_matrices(model) -> list[torch.Tensor]:
+def _embedding_like_matrices(model) -> list:
     """The input embedding weight, and the output head weight if it is not tied to it."""
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()

@@ -143,10 +143,11 @@ def test_dift_killed_and_interrupted_at_random_moments_resumes_to_the_uninterrup
         assert "Traceback" not in stderr, stderr[-3000:]
         last_line = stderr.rstrip("\n").splitlines()[-1]
         if kept is None:
-            assert last_line.startswith("dift.train: interrupted before the first complete checkpoint"), last_line
+            assert last_line.startswith("python -m dift.train: interrupted: before the first complete checkpoint"), \
+                last_line
         else:
-            assert last_line == (f"dift.train: interrupted; kept {kept} (step {checkpoint_step(kept)}); to continue, "
-                                 "rerun the same command with --resume_from_checkpoint true")
+            assert last_line == (f"python -m dift.train: interrupted: kept {kept} (step {checkpoint_step(kept)}); "
+                                 "to continue, rerun the same command with --resume_from_checkpoint true")
 
     assert len(landed) >= 3, f"too few faults landed before the run finished: {landed}"
     assert torn_saves >= 1, "no fault left a half-written checkpoint: the skip was not exercised"

@@ -35,6 +35,7 @@ from .spatialvid import (
 
 log = logging.getLogger(__name__)
 STEP = "frames"
+FRAME_JPEG_QUALITY = 95  # the original's frames step wrote with cv2.imwrite's default quality (95)
 
 
 @dataclass
@@ -64,7 +65,7 @@ def extract_clip(source: SourceClip, out_root: Path, max_frames: int = MAX_FRAME
         log.warning("%s: %d of %d listed frames could not be decoded", source.video_id, len(pairs) - len(kept), len(pairs))
 
     paths = ClipPaths(out_root, source.video_id)
-    write_frames([decoded[index] for _, index in kept], paths.frames_dir)
+    write_frames([decoded[index] for _, index in kept], paths.frames_dir, quality=FRAME_JPEG_QUALITY)
     frames = [{"file": frame_file_name(n), "seq": seq, "source_index": index, "time_s": round(index / fps, 3)}
               for n, (seq, index) in enumerate(kept)]
     number_of_seq = {f["seq"]: n for n, f in enumerate(frames)}

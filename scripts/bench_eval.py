@@ -34,6 +34,7 @@ from dift.core.checkpoint import load_latent_model  # noqa: E402
 from dift.core.conversation import render_generation_prompt  # noqa: E402
 from dift.core.extraction import extract_answer  # noqa: E402
 from dift.core.frames import (  # noqa: E402
+    CACHE_JPEG_QUALITY,
     FrameCache,
     decode_video_frames,
     load_frame_folder,
@@ -58,7 +59,7 @@ def original_loop(loaded, items, video_root: Path, sampling: SamplingConfig, fra
 
     def extract(item):
         folder = frame_root / f"{item.index}_{item.video_id}"
-        write_frames(decode_video_frames(video_root / f"{item.video_id}.mp4"), folder)
+        write_frames(decode_video_frames(video_root / f"{item.video_id}.mp4"), folder, quality=CACHE_JPEG_QUALITY)
         return item, load_frame_folder(folder)
 
     answered = 0

@@ -25,6 +25,9 @@ fi
 "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 # DeepSpeed without prebuilt ops (no CUDA toolkit needed); its CPU comm op is JIT-built on first use.
 DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation "deepspeed>=0.19.8,<0.20"
-"$PY" -m pip install -q -e ".[dev]"
+# decord (the original's first video decoder) has a wheel for Linux x86_64 only.
+EXTRAS="dev"
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then EXTRAS="dev,decord"; fi
+"$PY" -m pip install -q -e ".[$EXTRAS]"
 echo "$WANT" > "$STAMP"
 echo "[setup] installed: $("$PY" -c 'import torch, transformers, trl, deepspeed; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, deepspeed {deepspeed.__version__}")')"

@@ -6,6 +6,8 @@ shift too (a camera pan). Used by the demo-data builders and the tests.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -53,20 +55,23 @@ def square_mask(frame_index: int, n: int, width: int = 112, height: int = 112, d
     return mask
 
 
-def write_mp4(path: str | Path, frames: list[Image.Image], fps: float = 4.0) -> Path:
-    """Encode frames as an H.264 (or MPEG-4) mp4 with PyAV."""
+def write_mp4(path: str | Path, frames: Iterable[Image.Image], fps: float = 4.0, faststart: bool = False) -> Path:
+    """Encode frames as an H.264 (or MPEG-4) mp4 with PyAV. `faststart` puts the index (moov) at
+    the front, so a copy cut before its end still opens (a truncated download)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w, h = frames[0].size
-    with av.open(str(path), mode="w") as container:
+    frames = iter(frames)
+    first = next(frames)
+    w, h = first.size
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else {}) as container:
         try:
             stream = container.add_stream("libx264", rate=int(fps))
         except Exception:  # an ffmpeg build without x264
             stream = container.add_stream("mpeg4", rate=int(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for img in frames:
+        for img in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_image(img.convert("RGB"))):
                 container.mux(packet)
         for packet in stream.encode():

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
     ("evaluation.dsr_eval", "python -m evaluation.dsr_eval"),
     ("dift.inference", "python -m dift.inference"),
+    ("dift.train", "python -m dift.train"),
+    ("evaluation.rescore", "python -m evaluation.rescore"),
 ]
 
 HELP_PROBE = """
@@ -96,3 +98,19 @@ def test_a_path_flag_naming_nothing_is_a_usage_error(tmp_path):
     args = parse_args(["--model_path", "./no/such/folder", "--benchmark_path", str(tmp_path / "b.jsonl")])
     with pytest.raises(UsageError, match="--model_path ./no/such/folder: no such checkpoint folder"):
         args.check_paths()
+
+
+# Each example config in configs/ parses with its command (flags of the right names and types).
+CONFIG_PARSERS = {"dift_": "dift.train", "dsr_eval": "evaluation.dsr_eval"}
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_parses(config):
+    import importlib
+
+    module = next((m for prefix, m in CONFIG_PARSERS.items() if config.name.startswith(prefix)), None)
+    if module is None:
+        module = {"fourdrl": "fourdrl.train"}.get(config.name.split("_")[0])
+    assert module is not None, f"{config.name}: no command known for this config (add it to CONFIG_PARSERS)"
+    parsed = parse_cli_args(importlib.import_module(module).make_parser(), ["--config", str(config)])
+    assert parsed

@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     """Parse the flags and run; returns the summary on rank 0 (None on other ranks)."""
     args = parse_args(argv)
     args.check_paths()
-    rank = int(os.environ.get("RANK", 0))
-    setup_logging(rank=rank, fmt=f"%(asctime)s [rank {rank}] %(message)s")
+    # Every rank logs (its lines carry its rank): each says what its shard holds.
+    setup_logging(fmt=f"%(asctime)s [rank {os.environ.get('RANK', 0)}] %(message)s")
     from .evaluate import run_eval  # torch and the model code: after the flags are read
 
     return run_eval(args)

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS, SAVE_STEPS = 6, 2
 SEED = 20261205
 # One thread per process: the same float reductions in every run (and no oversubscribed cores).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# FOURDTHINKER_PROGRESS: the progress bar also into the stderr file (not a terminal): the test reads
+# the step from it.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "FOURDTHINKER_PROGRESS": "1"}
 
 
 def train_argv(model: Path, data: Path, out: Path, exp: str, *extra: str) -> list[str]:

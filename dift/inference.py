@@ -64,6 +64,14 @@ class InferenceArguments:
     def __post_init__(self):
         if (self.image_dir is None) == (self.video is None):
             raise ValueError("give exactly one of --video FILE or --image_dir DIR (there is no built-in sample)")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature} (use --greedy for greedy decoding)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"--top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ValueError(f"--repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
 

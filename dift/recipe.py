@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from .collator import DIFTCollator
-from .core.checkpoint import load_processor, prepare_base_model_for_dift
+from .core.checkpoint import load_processor, prepare_base_model_for_dift, resolve_model_path
 from .core.cli import UsageError
 from .core.distributed import ProcessLayout
 from .core.logs import LOG_FORMAT, setup_logging, show_progress
@@ -58,7 +58,9 @@ def resolve_deepspeed_config(path: str | os.PathLike, args: DIFTTrainingArgument
     try:
         config = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise UsageError(f"--deepspeed_config {path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--deepspeed_config {path}: expected a JSON object, got {type(config).__name__}")
     values = {
         "train_micro_batch_size_per_gpu": args.batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -118,11 +120,11 @@ def build_training_arguments(args: DIFTTrainingArguments) -> TrainingArguments:
 
 
 def load_model_and_processor(args: ModelArguments, dtype: torch.dtype):
-    """The base model (any Qwen2.5-VL, or a DIFT checkpoint to continue from) made DIFT-ready."""
-    local = Path(args.model).is_dir()
-    processor = (load_processor(args.model) if local
-                 else AutoProcessor.from_pretrained(args.model, cache_dir=args.cache_dir))
-    model = LatentQwen2_5_VL.from_pretrained(args.model, dtype=dtype, cache_dir=None if local else args.cache_dir)
+    """The base model (any Qwen2.5-VL, or a DIFT checkpoint to continue from) made DIFT-ready. A Hub id
+    is downloaded into --cache_dir first (offline: one line saying to pass a local folder)."""
+    path = resolve_model_path(args.model, args.cache_dir, flag="--model")
+    processor = load_processor(path)
+    model = LatentQwen2_5_VL.from_pretrained(path, dtype=dtype)
     token_ids = prepare_base_model_for_dift(
         model, processor, latent_size=args.latent_size, compress_strategy=args.compress_strategy, stage=args.stage,
         ce_loss_weight=args.ce_loss_weight, sim_loss_weight=args.sim_loss_weight)

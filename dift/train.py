@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.cli import build_parser, parse_cli_args, run_cli
+from .core.cli import build_parser, parse_cli_args, require_path, run_cli
 from .core.frames import MAX_FRAMES
 from .core.latent_config import COMPRESS_STRATEGIES, DEFAULTS
 
@@ -176,6 +176,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 def main(argv: list[str] | None = None):
     """Parse the flags and train; returns the trainer (after the final model is saved)."""
     model_args, data_args, args = parse_args(argv)
+    require_path("--model", model_args.model, "model")
+    require_path("--data_path", data_args.data_path, "file")
+    require_path("--image_root", data_args.image_root, "dir")
     from .recipe import train  # torch, transformers, DeepSpeed: after the flags are read
 
     return train(model_args, data_args, args)

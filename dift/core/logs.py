@@ -52,11 +52,24 @@ def quiet_third_party() -> None:
             hf_logging.disable_progress_bar()
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler writing to whatever `sys.stderr` is when a record is emitted (tqdm's and the
+    tests' redirections swap it; a handler bound to an old stream would write to a closed file)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def setup_logging(level: int = logging.INFO, rank: int = 0, fmt: str = LOG_FORMAT) -> None:
     """Console logging to stderr in one format (warnings only on ranks other than 0), once."""
     root = logging.getLogger()
     if not any(getattr(h, "_fourdthinker", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(fmt, datefmt=DATE_FORMAT))
         handler._fourdthinker = True
         root.addHandler(handler)

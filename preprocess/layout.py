@@ -205,7 +205,10 @@ def read_complete_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    data = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in data and "\ufffd".encode() not in raw:  # a file edited or damaged by something else
+        log.warning("%s: bytes that are not UTF-8 replaced; lines holding them match no clip", path)
     lines = data.split("\n")
     return [ln for ln in lines[:-1] if ln.strip()]
 

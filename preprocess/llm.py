@@ -109,6 +109,8 @@ def extract_json(text: str) -> dict:
 
 
 def require_fields(obj: dict, *names: str) -> None:
+    if not isinstance(obj, dict):
+        raise ReplyInvalid(f"expected a JSON object with {', '.join(names)}, got {type(obj).__name__}")
     missing = [n for n in names if n not in obj]
     if missing:
         raise ReplyInvalid(f"missing field(s) {', '.join(missing)} in {json.dumps(obj)[:120]}")

@@ -70,7 +70,9 @@ def read_indexes(path: str | Path) -> list[tuple[int, int]]:
     pairs: list[tuple[int, int]] = []
     first_line_of_seq: dict[int, int] = {}
     ignored: list[int] = []
-    for lineno, line in enumerate(read_text(path, "indexes.txt").splitlines(), 1):
+    # lines end at "\n" only (a CRLF file loses its "\r" with the white space): splitlines() would
+    # also break inside a comment at "\r", "\x1c" or "\u2028"
+    for lineno, line in enumerate(read_text(path, "indexes.txt").split("\n"), 1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue

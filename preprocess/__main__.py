@@ -76,7 +76,10 @@ def cli(argv: list[str] | None = None) -> None:
     def run() -> int:
         from .runner import Interrupted
 
-        if step and not STEPS[step].per_clip:
+        if step and STEPS[step].per_clip:
+            interrupted["message"] = (f"the clips finished before are kept (state/{step}/completed.txt under --out); "
+                                      "rerun the same command to continue")
+        elif step:
             interrupted["message"] = "nothing was written (each output file is replaced whole); rerun the same command"
         try:
             return main(argv)

@@ -96,6 +96,7 @@ def check_file(input_path: str | Path, output_path: str | Path) -> tuple[int, Co
     input_path, output_path = Path(input_path), Path(output_path)
     base, out_dir = input_path.parent, output_path.parent
     kept, dropped, ids = [], Counter(), {}
+    log.info("check: reading %s", input_path)
     for lineno, line in enumerate(read_text(input_path, "training records").split("\n"), 1):
         if not line.strip():
             continue

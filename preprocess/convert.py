@@ -65,6 +65,7 @@ def convert(out_root: str | Path, input_path=None, dift_output=None, rl_output=N
     rl_output = Path(rl_output or root / unchecked_name(RL_JSONL))
     if not input_path.is_file():
         raise FileNotFoundError(f"{input_path}: QA records not found (run python -m preprocess merge --out {root} first)")
+    log.info("convert: reading %s", input_path)
     records = read_qa_jsonl(input_path)
     if not records:
         raise JobFailed(f"convert: {input_path} holds no QA records (the QA steps made no items; see qa/merge_stats.json)")

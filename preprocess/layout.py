@@ -9,6 +9,7 @@ here passes through `preprocess.redact.scrub`: no part of the API key reaches a 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -114,7 +115,17 @@ def frame_number(path: str | Path) -> int:
 # Atomic writes
 
 
+def _remove_stale(path: Path) -> None:
+    """Temporaries of `path` that a killed writer left (each path has one writer at a time)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def _tmp_path(path: Path) -> Path:
+    _remove_stale(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
@@ -169,6 +180,7 @@ def atomic_folder(path: str | Path):
     """Yield an empty temporary folder; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

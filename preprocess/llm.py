@@ -26,7 +26,6 @@ import os
 import random
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -40,6 +39,7 @@ from . import redact
 from .arguments import DEFAULT_LLM_MODEL, LLMArguments
 from .layout import append_line, read_complete_lines
 from .records import loads_strict
+from .runner import ClipFailure, stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -204,6 +204,8 @@ class LLMClient:
         openai = self._openai
         last, last_err = None, None
         for attempt in range(self.args.llm_retries + 1):
+            if stopping.is_set():  # Ctrl-C: a clip being abandoned must not pay for more requests
+                raise ClipFailure("interrupted")
             try:
                 with self._count_lock:
                     self.requests += 1
@@ -222,7 +224,7 @@ class LLMClient:
             if attempt < self.args.llm_retries:
                 delay = self._delay(attempt, last_err)
                 log.info("%s: %s, retry %d/%d in %.1fs", trace, last, attempt + 1, self.args.llm_retries, delay)
-                time.sleep(delay)
+                stopping.wait(delay)
         raise LLMUnavailable(f"{trace}: {last} after {self.args.llm_retries + 1} attempts")
 
     def ask(self, content: Sequence[dict], parse: Callable[[str], T], trace: str, tries: int | None = None,

@@ -57,6 +57,7 @@ def clip_record(paths: ClipPaths) -> dict:
 
 def merge(out_root: str | Path) -> dict:
     out_root = Path(out_root)
+    log.info("merge: reading the per-clip files under %s", out_root)
     qa: dict[str, list[dict]] = {"camera": [], "object": []}
     seen: dict[str, str] = {}
     for kind in qa:

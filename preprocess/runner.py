@@ -45,6 +45,10 @@ from .layout import CLIPS_DIR, STATE_DIR, append_line, read_complete_lines, writ
 log = logging.getLogger(__name__)
 
 
+# Set on Ctrl-C: the clips still running stop asking for paid work (preprocess.llm checks it).
+stopping = threading.Event()
+
+
 class ClipFailure(Exception):
     """A clip cannot be processed; the message is the reason recorded in failed.jsonl."""
 
@@ -184,6 +188,9 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
     # the verdict's example reason: the first failure of this run, else one an earlier run recorded
     summary.first_failure = next((f"{cid}: {earlier[cid]}" for cid in clip_ids if cid in earlier), "")
     failed_now = False
+    stopping.clear()
+    log.info("%s: %d clips, %d done and %d failed in an earlier run, %d to do", step, summary.total,
+             summary.skipped_done, summary.skipped_failed, len(todo_ids))
     start = time.monotonic()
 
     todo: queue.Queue = queue.Queue()
@@ -217,6 +224,7 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
             bar.update(1)
     except KeyboardInterrupt:
         stop.set()  # the queued clips are cancelled; the ones in flight are abandoned (daemon threads)
+        stopping.set()
         summary.interrupted = True
         summary.seconds = time.monotonic() - start
         write_json_atomic(state.dir / "summary.json", summary.as_dict())

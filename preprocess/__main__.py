@@ -26,9 +26,14 @@ PROG = "python -m preprocess"
 
 
 def overview() -> str:
+    """This module's text with the steps listed, then the output layout (the package's docstring)."""
+    import preprocess
+
     width = max(map(len, STEPS))
     steps = "\n".join(f"    {name:<{width}}  {spec.summary}" for name, spec in STEPS.items())
-    return __doc__.format(steps=steps)
+    package = preprocess.__doc__
+    layout = package[package.index("One folder layout"):package.index("Shared plumbing")].rstrip()
+    return __doc__.format(steps=steps) + "\n" + layout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,18 +171,37 @@ class Step(NamedTuple):
     arguments: tuple[type, ...]
     summary: str
     per_clip: bool  # resumable per clip (state/<step>/), else one atomic pass over files
+    io: str  # what it reads and writes, for --help
 
 
 STEPS: dict[str, Step] = {
-    "frames": Step("preprocess.clip_frames", (FramesArguments,), "SpatialVID clips -> annotated frames with their real times", True),
-    "objects": Step("preprocess.objects", (StepArguments, LLMArguments), "an LLM names one moving and one static object per clip", True),
-    "masks": Step("preprocess.masks", (MasksArguments,), "SAM3 masks of both objects in every frame", True),
-    "camera_qa": Step("preprocess.camera_qa", (QAArguments, LLMArguments), "camera-motion questions with a chain of thought", True),
-    "object_qa": Step("preprocess.object_qa", (QAArguments, LLMArguments), "object-motion questions with a chain of thought", True),
-    "merge": Step("preprocess.merge", (MergeArguments,), "per-clip files -> QA JSONL files, clips.jsonl, statistics", False),
-    "convert": Step("preprocess.convert", (ConvertArguments,), "QA records -> DIFT and RL training records", False),
-    "check": Step("preprocess.check", (CheckArguments,), "drop training records whose tags or images are wrong", False),
+    "frames": Step("preprocess.clip_frames", (FramesArguments,), "SpatialVID clips -> annotated frames with their real times",
+                   True, "in:  INPUT/videos/<group>/<id>.mp4, INPUT/annotations/<group>/<id>/{indexes.txt, instructions.json, "
+                         "caption.json}\nout: OUT/clips/<id>/frames/frame_%04d.jpg, OUT/clips/<id>/clip.json"),
+    "objects": Step("preprocess.objects", (StepArguments, LLMArguments), "an LLM names one moving and one static object per clip",
+                    True, "in:  OUT/clips/<id>/frames/ (clips the frames step finished)\nout: OUT/clips/<id>/objects.json"),
+    "masks": Step("preprocess.masks", (MasksArguments,), "SAM3 masks of both objects in every frame", True,
+                  "in:  OUT/clips/<id>/{frames/, objects.json}\nout: OUT/clips/<id>/{masks_dynamic/, masks_static/, "
+                  "masked_frames/, masks.json}"),
+    "camera_qa": Step("preprocess.camera_qa", (QAArguments, LLMArguments), "camera-motion questions with a chain of thought",
+                      True, "in:  OUT/clips/<id>/{clip.json, objects.json, frames/, masks_static/}\n"
+                            "out: OUT/clips/<id>/{camera_qa.json, masked_static_overlays/}"),
+    "object_qa": Step("preprocess.object_qa", (QAArguments, LLMArguments), "object-motion questions with a chain of thought",
+                      True, "in:  OUT/clips/<id>/{clip.json, objects.json, frames/, masks_dynamic/}\n"
+                            "out: OUT/clips/<id>/{object_qa.json, masked_dynamic_overlays/}"),
+    "merge": Step("preprocess.merge", (MergeArguments,), "per-clip files -> QA JSONL files, clips.jsonl, statistics", False,
+                  "in:  OUT/clips/<id>/*\nout: OUT/qa/{camera_qa,object_qa,qa_all}.jsonl, OUT/qa/merge_stats.json, "
+                  "OUT/clips.jsonl"),
+    "convert": Step("preprocess.convert", (ConvertArguments,), "QA records -> DIFT and RL training records", False,
+                    "in:  OUT/qa/qa_all.jsonl\nout: OUT/dift_data.unchecked.jsonl, OUT/rl_data.unchecked.jsonl"),
+    "check": Step("preprocess.check", (CheckArguments,), "drop training records whose tags or images are wrong", False,
+                  "in:  OUT/dift_data.unchecked.jsonl, OUT/rl_data.unchecked.jsonl (or --input)\n"
+                  "out: OUT/dift_data.jsonl, OUT/rl_data.jsonl (or --output)"),
 }
+PER_CLIP_NOTE = ("Rerunning the same command resumes: finished clips (state/<step>/completed.txt) are skipped, "
+                 "failed ones\n(state/<step>/failed.jsonl) too unless --retry_failed. Exit codes: 0 done, 1 failed, "
+                 "2 bad flag, 130 interrupted.")
+FILE_NOTE = "Each output is replaced whole (written to a temporary name, then renamed). Exit codes: 0 done, 1 failed, 2 bad flag."
 
 
 def prog(step: str) -> str:
@@ -192,7 +211,9 @@ def prog(step: str) -> str:
 def make_parser(step: str):
     """The step's parser (flags, `--config file.yaml`, help)."""
     spec = STEPS[step]
-    return build_parser(spec.arguments, prog=prog(step), description=f"{spec.summary}.")
+    note = PER_CLIP_NOTE.replace("<step>", step) if spec.per_clip else FILE_NOTE
+    return build_parser(spec.arguments, prog=prog(step), description=f"{spec.summary[0].upper()}{spec.summary[1:]}.\n\n"
+                                                                    f"{spec.io}\n\n{note}")
 
 
 def parse_step_args(step: str, argv: list[str] | None = None) -> tuple:

@@ -14,7 +14,7 @@ from preprocess.runner import StepState
 from scripts.llm_server import serve
 from scripts.make_demo_spatialvid import make_demo
 
-SECRET = "sk-test-SECRET-4f9a"
+SECRET = "sk-Tq8Rw2Vn5Xj4Lc7"
 
 
 @pytest.fixture()

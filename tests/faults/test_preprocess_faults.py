@@ -173,6 +173,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(step, reference, tmp_path
         if not got["landed"]:  # a whole-file step may finish before the signal
             assert got["code"] == 0, got["stderr"][-2000:]
             continue
+        if got["code"] == -signal.SIGINT and not STEPS[step].per_clip:
+            continue  # it came as the interpreter was exiting after the work (Python's handler is gone by then)
         landed += 1
         if sig == signal.SIGKILL:
             assert got["code"] == -signal.SIGKILL

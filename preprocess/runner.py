@@ -185,9 +185,7 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
     for cid in done & set(clip_ids):  # a kill between marking a clip done and removing its cache
         state.replies_path(cid).unlink(missing_ok=True)
     earlier = {} if retry_failed else state.failed()
-    # the verdict's example reason: the first failure of this run, else one an earlier run recorded
-    summary.first_failure = next((f"{cid}: {earlier[cid]}" for cid in clip_ids if cid in earlier), "")
-    failed_now = False
+    failed_now: dict[str, str] = {}
     stopping.clear()
     log.info("%s: %d clips, %d done and %d failed in an earlier run, %d to do", step, summary.total,
              summary.skipped_done, summary.skipped_failed, len(todo_ids))
@@ -218,8 +216,7 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
             else:
                 state.mark_failed(cid, reason)
                 summary.failed += 1
-                if not failed_now:
-                    summary.first_failure, failed_now = f"{cid}: {redact.scrub(reason)}", True
+                failed_now[cid] = redact.scrub(reason)
                 log.warning("%s: clip %s failed: %s", step, cid, reason)
             bar.update(1)
     except KeyboardInterrupt:
@@ -235,6 +232,9 @@ def run_step(root: str | Path, step: str, clip_ids: Iterable[str], process: Call
         ) from None
     finally:
         bar.close()
+    # the verdict's example reason: the first clip (in clip order) that failed in this run, else earlier
+    failures = failed_now or earlier
+    summary.first_failure = next((f"{cid}: {failures[cid]}" for cid in clip_ids if cid in failures), "")
     summary.seconds = time.monotonic() - start
     write_json_atomic(state.dir / "summary.json", summary.as_dict())
     log.info("%s", summary.line())

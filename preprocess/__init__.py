@@ -1,6 +1,6 @@
 """The annotation-free data engine: SpatialVID clips -> DIFT and 4DRL training JSONL.
 
-Steps (`python -m preprocess <step> --help`; `preprocess/run.sh IN OUT` runs them all in order):
+Steps (`python -m preprocess <step> --help`; `preprocess/run.sh IN OUT SAM3` runs them all in order):
 
     frames      SpatialVID indexes.txt -> clips/<id>/frames/frame_%04d.jpg + clip.json (real times)
     objects     an OpenAI-compatible LLM names one moving and one static object -> objects.json
@@ -30,9 +30,15 @@ QA records to OUT, DIFT/RL records to the folder of their own JSONL file):
       state/<step>/completed.txt       append-only ids of finished clips (resume skips them)
       state/<step>/failed.jsonl        append-only {"clip_id", "reason"} of failed clips
       state/<step>/summary.json        counts of the last run
+      state/<step>/replies/<id>.jsonl  LLM replies an unfinished clip received (replayed when it is redone)
       qa/camera_qa.jsonl, qa/object_qa.jsonl, qa/qa_all.jsonl, qa/merge_stats.json, clips.jsonl
       dift_data.unchecked.jsonl, rl_data.unchecked.jsonl   convert
       dift_data.jsonl, rl_data.jsonl                       check (what training reads)
+
+Shared plumbing: `arguments` (every step's flags, light enough for a fast --help), `runner` (the
+resumable per-clip loop, Ctrl-C, the run's verdict), `layout` (paths, atomic writes), `records` (checked
+readers of the engine's own files), `llm` (the client, retries, the reply cache), `redact` (the API
+key kept out of files and streams).
 
 `dift.core.frames` (owned separately) holds the frame-decoding and sizing rules the training,
 evaluation and RL stages share.

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
+from .arguments import LLMArguments, QAArguments, parse_step_args
 from .labels import camera_choice, normalise_camera_move
 from .layout import clip_rng
-from .llm import LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
+from .llm import ClipLLM, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
 from .overlays import write_helper_image
-from .qa import ClipInfo, QAArguments, qa_record, request_cot, rewrite_question, run_qa_step
+from .qa import ClipInfo, qa_record, request_cot, rewrite_question, run_qa_step
 
 log = logging.getLogger(__name__)
 STEP = "camera_qa"
@@ -45,11 +45,6 @@ QUESTION_PROMPT = (
 )
 
 
-@dataclass
-class CameraQAArguments(QAArguments):
-    pass
-
-
 def _yes_no(obj: dict) -> bool:
     require_fields(obj, "answer")
     answer = str(obj["answer"]).strip().upper()
@@ -58,7 +53,7 @@ def _yes_no(obj: dict) -> bool:
     return answer == "YES"
 
 
-def verify_static(llm: LLMClient, trace: str, label: str, images: list[Path]) -> bool:
+def verify_static(llm: ClipLLM, trace: str, label: str, images: list[Path]) -> bool:
     content = [image_part(p) for p in images] + [text_part(VERIFY_PROMPT.format(n=len(images), label=label))]
     try:
         return llm.ask_json(content, _yes_no, trace)
@@ -67,7 +62,7 @@ def verify_static(llm: LLMClient, trace: str, label: str, images: list[Path]) ->
         return False
 
 
-def camera_items(llm: LLMClient, args: CameraQAArguments, info: ClipInfo) -> tuple[list[dict], dict]:
+def camera_items(llm: ClipLLM, args: QAArguments, info: ClipInfo) -> tuple[list[dict], dict]:
     """The clip's camera items and counts of what was skipped why."""
     counts: Counter = Counter()
     label = info.objects.get("static_object")
@@ -130,8 +125,10 @@ def camera_items(llm: LLMClient, args: CameraQAArguments, info: ClipInfo) -> tup
     return items, counts
 
 
-def main(argv=None) -> int:
-    return run_qa_step(STEP, "camera", CameraQAArguments, camera_items, argv)
+def run(args: QAArguments, llm_args: LLMArguments) -> int:
+    return run_qa_step(STEP, "camera", camera_items, args, llm_args)
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess camera_qa` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args(STEP, argv))

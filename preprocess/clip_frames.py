@@ -3,8 +3,8 @@
 In:  INPUT/videos/<group>/<id>.mp4 and INPUT/annotations/<group>/<id>/{indexes.txt, instructions.json, caption.json}
 Out: OUT/clips/<id>/frames/frame_%04d.jpg (source resolution, numbered 0..N-1 in indexes.txt order)
      OUT/clips/<id>/clip.json
-A clip whose indexes.txt lists no frame or more than MAX_FRAMES (50), or whose frames cannot be
-decoded, fails with that reason.
+A clip whose indexes.txt lists no frame or more than MAX_FRAMES (50), whose annotation files are
+malformed, or whose frames cannot be decoded, fails with that reason (state/frames/failed.jsonl).
 
 Time axis: frame n's time is its source video frame index (indexes.txt's second column) divided by
 the video's frame rate, not "frame n = n seconds" as the original assumed. Camera segments
@@ -17,13 +17,14 @@ looked up frame_{a:04d}) and stored with the frame numbers and times of both end
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dift.core.cli import JobFailed, UsageError, require_path
 from dift.core.frames import MAX_FRAMES, write_frames
 
+from .arguments import FramesArguments, parse_step_args
 from .layout import ClipPaths, frame_file_name, write_json_atomic
-from .runner import ClipFailure, StepArguments, parse_args, run_step, setup_logging
+from .runner import ClipFailure, finish, run_step, setup_logging
 from .spatialvid import (
     SourceClip,
     decode_frames_at,
@@ -36,17 +37,6 @@ from .spatialvid import (
 log = logging.getLogger(__name__)
 STEP = "frames"
 FRAME_JPEG_QUALITY = 95  # the original's frames step wrote with cv2.imwrite's default quality (95)
-
-
-@dataclass
-class FramesArguments(StepArguments):
-    input: str = field(default="", metadata={"help": "SpatialVID root (videos/ and annotations/)."})
-    max_frames: int = field(default=MAX_FRAMES, metadata={"help": "Clips listing more annotated frames fail."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.input:
-            raise ValueError("--input (the SpatialVID root) is required")
 
 
 def extract_clip(source: SourceClip, out_root: Path, max_frames: int = MAX_FRAMES) -> dict:
@@ -85,9 +75,11 @@ def extract_clip(source: SourceClip, out_root: Path, max_frames: int = MAX_FRAME
     return {"frames": len(frames), "segments": len(segments)}
 
 
-def main(argv=None) -> int:
-    args = parse_args(FramesArguments, argv)
+def run(args: FramesArguments) -> int:
     setup_logging(args.log_level)
+    require_path("--input", args.input, "dir")
+    if not (Path(args.input) / "videos").is_dir():
+        raise UsageError(f"--input {args.input}: no videos/ folder (expected SpatialVID's videos/<group>/<id>.mp4)")
     out_root = Path(args.out)
     sources: dict[str, SourceClip] = {}
     duplicates: dict[str, str] = {}
@@ -96,15 +88,20 @@ def main(argv=None) -> int:
             duplicates[src.video_id] = f"video id also in group {sources[src.video_id].group}"
         else:
             sources[src.video_id] = src
+    if not sources:
+        raise JobFailed(f"frames: no clips in {Path(args.input) / 'videos'} (expected videos/<group>/<id>.mp4)")
+    clips = args.select(sorted(sources))
+    if not clips:
+        raise JobFailed(f"frames: --clips {args.clips}: none of these clips is in {Path(args.input) / 'videos'}")
 
     def process(clip_id: str) -> dict:
         if clip_id in duplicates:
             raise ClipFailure(duplicates[clip_id])
         return extract_clip(sources[clip_id], out_root, args.max_frames)
 
-    run_step(out_root, STEP, args.select(sorted(sources)), process, args.workers, args.retry_failed)
-    return 0  # failed clips are recorded in state/frames/failed.jsonl, not an error of the run
+    return finish(run_step(out_root, STEP, clips, process, args.workers, args.retry_failed), args.max_skip_fraction)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess frames` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args(STEP, argv))

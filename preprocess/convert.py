@@ -13,26 +13,19 @@ not added here: training adds it. `check` turns the unchecked files into the fin
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dift.core.cli import JobFailed, require_path
+
+from .arguments import ConvertArguments, parse_step_args
 from .labels import LETTERS
 from .layout import DIFT_JSONL, QA_ALL_JSONL, QA_DIR, RL_JSONL, unchecked_name, write_jsonl_atomic
-from .runner import parse_args, setup_logging
+from .records import read_qa_jsonl
+from .runner import setup_logging
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConvertArguments:
-    out: str = field(metadata={"help": "The engine's output root (QA paths are relative to it)."})
-    input: str | None = field(default=None, metadata={"help": "QA JSONL (default OUT/qa/qa_all.jsonl)."})
-    dift_output: str | None = field(default=None, metadata={"help": "Default OUT/dift_data.unchecked.jsonl."})
-    rl_output: str | None = field(default=None, metadata={"help": "Default OUT/rl_data.unchecked.jsonl."})
-    log_level: str = field(default="INFO")
 
 
 def rebase(path: str, from_dir: Path, to_dir: Path) -> str:
@@ -65,43 +58,31 @@ def to_rl(qa: dict, root: Path, out_dir: Path) -> dict:
     return record
 
 
-def read_qa(path: Path) -> list[dict]:
-    """QA records; a bad line is a one-line error naming file:line."""
-    records = []
-    required = ("id", "question", "question_text", "options", "answer", "cot", "mask_image_paths", "original_image_paths")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            missing = [k for k in required if k not in rec] if isinstance(rec, dict) else ["(not an object)"]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            records.append(rec)
-    return records
-
-
 def convert(out_root: str | Path, input_path=None, dift_output=None, rl_output=None) -> tuple[int, int]:
     root = Path(out_root)
     input_path = Path(input_path or root / QA_DIR / QA_ALL_JSONL)
     dift_output = Path(dift_output or root / unchecked_name(DIFT_JSONL))
     rl_output = Path(rl_output or root / unchecked_name(RL_JSONL))
-    records = read_qa(input_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"{input_path}: QA records not found (run python -m preprocess merge --out {root} first)")
+    log.info("convert: reading %s", input_path)
+    records = read_qa_jsonl(input_path)
+    if not records:
+        raise JobFailed(f"convert: {input_path} holds no QA records (the QA steps made no items; see qa/merge_stats.json)")
     n_dift = write_jsonl_atomic(dift_output, (to_dift(r, root, dift_output.parent) for r in records))
     n_rl = write_jsonl_atomic(rl_output, (to_rl(r, root, rl_output.parent) for r in records))
     log.info("convert: %d records -> %s, %s", len(records), dift_output, rl_output)
     return n_dift, n_rl
 
 
-def main(argv=None) -> int:
-    args = parse_args(ConvertArguments, argv)
+def run(args: ConvertArguments) -> int:
     setup_logging(args.log_level)
+    require_path("--out", args.out, "dir")
+    require_path("--input", args.input, "file")
     convert(args.out, args.input, args.dift_output, args.rl_output)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess convert` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args("convert", argv))

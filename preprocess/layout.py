@@ -1,14 +1,18 @@
 """The engine's folder layout (see the package docstring) and its atomic file writes.
 
-Every per-clip output is written to a temporary name in the same folder and renamed into place,
-so a killed run leaves either the old file or the new one, never half of one. Append-only logs
-(completed ids, failures) are written a whole line at a time and fsync'ed.
+Every per-clip output is written to a temporary name in the same folder (a name starting with a
+dot: `preprocess.runner` removes what a killed writer left) and renamed into place, so a killed
+run leaves either the old file or the new one, never half of one. Append-only logs (completed
+ids, failures, LLM replies) are written a whole line at a time and fsync'ed. Every text written
+here passes through `preprocess.redact.scrub`: no part of the API key reaches a file.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -17,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .redact import scrub
+
+log = logging.getLogger(__name__)
 CLIPS_DIR = "clips"
 STATE_DIR = "state"
 QA_DIR = "qa"
@@ -108,7 +115,17 @@ def frame_number(path: str | Path) -> int:
 # Atomic writes
 
 
+def _remove_stale(path: Path) -> None:
+    """Temporaries of `path` that a killed writer left (each path has one writer at a time)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def _tmp_path(path: Path) -> Path:
+    _remove_stale(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
@@ -129,9 +146,18 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+def _scrubbed(text: str, path) -> str:
+    """`text` scrubbed of secrets; says so when something was removed (an accidental match of an
+    innocent text with part of the key must not change the data silently)."""
+    clean = scrub(text)
+    if clean != text:
+        log.warning("%s: text matching part of the API key was replaced by ***", path)
+    return clean
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(_scrubbed(text, path), encoding="utf-8")
     return Path(path)
 
 
@@ -144,7 +170,7 @@ def write_jsonl_atomic(path: str | Path, records) -> int:
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.write(_scrubbed(json.dumps(rec, ensure_ascii=False), path) + "\n")
             n += 1
     return n
 
@@ -154,7 +180,8 @@ def atomic_folder(path: str | Path):
     """Yield an empty temporary folder; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -168,6 +195,7 @@ def append_line(path: str | Path, line: str) -> None:
     """Append one whole line and fsync, repairing a torn last line a kill may have left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    line = _scrubbed(line, path)
     if "\n" in line:
         raise ValueError("append_line takes a single line")
     with open(path, "a+b") as fh:
@@ -189,20 +217,12 @@ def read_complete_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    data = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in data and "\ufffd".encode() not in raw:  # a file edited or damaged by something else
+        log.warning("%s: bytes that are not UTF-8 replaced; lines holding them match no clip", path)
     lines = data.split("\n")
     return [ln for ln in lines[:-1] if ln.strip()]
-
-
-def read_json(path: str | Path, what: str = "file"):
-    """A JSON file, with a one-line error naming the file."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
 
 
 # ---------------------------------------------------------------------------------------------

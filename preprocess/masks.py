@@ -18,38 +18,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dift.core.cli import JobFailed, UsageError, require_path
 from dift.core.frames import list_frame_files
 
-from .layout import ClipPaths, atomic_folder, frame_number, read_json, write_json_atomic
+from .arguments import MasksArguments, parse_step_args
+from .layout import ClipPaths, atomic_folder, frame_number, write_json_atomic
 from .overlays import masked_frame
-from .runner import StepArguments, StepState, clips_completed_by, parse_args, run_step, setup_logging
+from .records import read_objects_json
+from .runner import StepState, clips_completed_by, finish, run_step, select_clips, setup_logging
 
 log = logging.getLogger(__name__)
 STEP = "masks"
 KINDS = ("dynamic", "static")
-
-
-@dataclass
-class MasksArguments(StepArguments):
-    model: str = field(default="", metadata={"help": "SAM3 checkpoint folder or hub id (from_pretrained)."})
-    tracking: bool = field(default=False, metadata={"help": "Prompt once and track with Sam3VideoModel (default: per-frame prompts)."})
-    score_threshold: float = field(default=0.5, metadata={"help": "Minimum instance score (SAM3's detection default 0.5)."})
-    mask_threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
-    batch_size: int = field(default=8, metadata={"help": "Frames per image-model forward."})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, or auto."})
-    dtype: str = field(default="auto", metadata={"help": "float32, bfloat16 or auto (bfloat16 on CUDA)."})
-    workers: int = field(default=2, metadata={"help": "Clips in flight (model calls are serialised; I/O overlaps)."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.model:
-            raise ValueError("--model (a SAM3 checkpoint folder) is required")
 
 
 class Sam3Segmenter:
@@ -123,7 +108,7 @@ class Sam3Segmenter:
 
 def segment_clip(segmenter: Sam3Segmenter, paths: ClipPaths) -> dict:
     """Masks and previews of one clip (each output folder replaced atomically)."""
-    objects = read_json(paths.objects_json, "objects.json")
+    objects = read_objects_json(paths.objects_json)
     files = list_frame_files(paths.frames_dir)
     frames = []
     for f in files:
@@ -147,11 +132,25 @@ def segment_clip(segmenter: Sam3Segmenter, paths: ClipPaths) -> dict:
     return {f"{kind}_masks": len(info[kind]["scores"]) for kind in KINDS}
 
 
-def main(argv=None) -> int:
-    args = parse_args(MasksArguments, argv)
+def load_segmenter(args: MasksArguments) -> Sam3Segmenter:
+    """SAM3 from --model, with one-line errors for a device that is not there or a model that does not load."""
+    require_path("--model", args.model, "model")
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is visible (use --device cpu or auto)")
+    try:
+        return Sam3Segmenter(args.model, args.tracking, args.score_threshold, args.mask_threshold, args.batch_size,
+                             args.device, args.dtype)
+    except (OSError, ValueError) as err:
+        raise JobFailed(f"--model {args.model}: cannot load a SAM3 checkpoint ({' '.join(str(err).split())[:200]})") from None
+
+
+def run(args: MasksArguments) -> int:
     setup_logging(args.log_level)
+    require_path("--out", args.out, "dir")
     out_root = Path(args.out)
-    clips = args.select(clips_completed_by(out_root, "objects"))
+    clips = select_clips(clips_completed_by(out_root, "objects"), args, STEP, "objects", out_root)
     segmenter = None
 
     def process(clip_id: str) -> dict:
@@ -160,11 +159,10 @@ def main(argv=None) -> int:
     # loading SAM3 costs time and memory: only when a clip is left to do (a rerun of a finished step
     # loads nothing); loaded before the loop, so a bad --model is one error, not a failure per clip
     if StepState(out_root, STEP).pending(clips, args.retry_failed):
-        segmenter = Sam3Segmenter(args.model, args.tracking, args.score_threshold, args.mask_threshold,
-                                  args.batch_size, args.device, args.dtype)
-    run_step(out_root, STEP, clips, process, args.workers, args.retry_failed)
-    return 0
+        segmenter = load_segmenter(args)
+    return finish(run_step(out_root, STEP, clips, process, args.workers, args.retry_failed), args.max_skip_fraction)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess masks` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args(STEP, argv))

@@ -14,35 +14,31 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dift.core.cli import JobFailed, require_path
+
+from .arguments import MergeArguments, parse_step_args
 from .layout import (
     CAMERA_QA_JSONL,
     OBJECT_QA_JSONL,
     QA_ALL_JSONL,
     QA_DIR,
     ClipPaths,
-    read_json,
     write_json_atomic,
     write_jsonl_atomic,
 )
-from .runner import StepState, clips_completed_by, parse_args, setup_logging
+from .records import RecordError, read_clip_json, read_objects_json, read_qa_items
+from .runner import StepState, clips_completed_by, setup_logging
 
 log = logging.getLogger(__name__)
 STEPS = ("frames", "objects", "masks", "camera_qa", "object_qa")
 
 
-@dataclass
-class MergeArguments:
-    out: str = field(metadata={"help": "The engine's output root."})
-    log_level: str = field(default="INFO")
-
-
 def clip_record(paths: ClipPaths) -> dict:
     """The original stage-1 record of one clip (paths relative to the output root)."""
-    clip = read_json(paths.clip_json, "clip.json")
-    objects = read_json(paths.objects_json, "objects.json")
+    clip = read_clip_json(paths.clip_json)
+    objects = read_objects_json(paths.objects_json)
 
     def masks(kind: str) -> list[str]:
         d = paths.mask_dir(kind)
@@ -61,10 +57,17 @@ def clip_record(paths: ClipPaths) -> dict:
 
 def merge(out_root: str | Path) -> dict:
     out_root = Path(out_root)
+    log.info("merge: reading the per-clip files under %s", out_root)
     qa: dict[str, list[dict]] = {"camera": [], "object": []}
+    seen: dict[str, str] = {}
     for kind in qa:
         for cid in clips_completed_by(out_root, f"{kind}_qa"):
-            qa[kind].extend(read_json(ClipPaths(out_root, cid).qa_json(kind), f"{kind}_qa.json"))
+            path = ClipPaths(out_root, cid).qa_json(kind)
+            for i, item in enumerate(read_qa_items(path, f"{kind}_qa.json")):
+                if item["id"] in seen:  # ids name the training records: a repeat would be a silent duplicate
+                    raise RecordError(f"{path}: item {i}: field id: {item['id']!r} is also in {seen[item['id']]}")
+                seen[item["id"]] = str(path)
+                qa[kind].append(item)
     qa_dir = out_root / QA_DIR
     write_jsonl_atomic(qa_dir / CAMERA_QA_JSONL, qa["camera"])
     write_jsonl_atomic(qa_dir / OBJECT_QA_JSONL, qa["object"])
@@ -92,12 +95,15 @@ def merge(out_root: str | Path) -> dict:
     return stats
 
 
-def main(argv=None) -> int:
-    args = parse_args(MergeArguments, argv)
+def run(args: MergeArguments) -> int:
     setup_logging(args.log_level)
+    require_path("--out", args.out, "dir")
+    if not clips_completed_by(args.out, "masks"):
+        raise JobFailed(f"merge: no clip has finished the masks step in {args.out} (run the steps before merge first)")
     merge(args.out)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess merge` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args("merge", argv))

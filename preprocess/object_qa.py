@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from dift.core.frames import fit_video_frames, load_frame_folder, uniform_subsample
 
+from .arguments import LLMArguments, QAArguments, parse_step_args
 from .labels import (
     DIRECTIONS,
     DISTANCES,
@@ -41,9 +41,9 @@ from .labels import (
     speed_options,
 )
 from .layout import clip_rng, frame_number
-from .llm import LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
+from .llm import ClipLLM, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
 from .overlays import load_mask, mask_box, write_helper_image
-from .qa import ClipInfo, QAArguments, qa_record, request_cot, rewrite_question, run_qa_step
+from .qa import ClipInfo, qa_record, request_cot, rewrite_question, run_qa_step
 
 log = logging.getLogger(__name__)
 STEP = "object_qa"
@@ -68,11 +68,6 @@ QUESTION_PROMPTS = {
     "distance": "asking how the distance between the {label} and the camera changes from {a:g}s to {b:g}s",
     "speed": "asking how the speed of the {label} changes from {a:g}s to {b:g}s",
 }
-
-
-@dataclass
-class ObjectQAArguments(QAArguments):
-    pass
 
 
 def select_key_masks(mask_files: list[Path], limit: int = MAX_KEY_FRAMES) -> list[Path]:
@@ -153,7 +148,7 @@ def model_grid_box(info: ClipInfo, mask_path: Path) -> str | None:
     return "[" + ",".join(str(c) for c in coords) + "]"
 
 
-def object_items(llm: LLMClient, args: ObjectQAArguments, info: ClipInfo) -> tuple[list[dict], Counter]:
+def object_items(llm: ClipLLM, args: QAArguments, info: ClipInfo) -> tuple[list[dict], Counter]:
     counts: Counter = Counter()
     mask_dir = info.paths.mask_dir("dynamic")
     masks = sorted(mask_dir.glob("*.npy")) if mask_dir.is_dir() else []
@@ -255,8 +250,10 @@ def object_items(llm: LLMClient, args: ObjectQAArguments, info: ClipInfo) -> tup
     return items, counts
 
 
-def main(argv=None) -> int:
-    return run_qa_step(STEP, "object", ObjectQAArguments, object_items, argv)
+def run(args: QAArguments, llm_args: LLMArguments) -> int:
+    return run_qa_step(STEP, "object", object_items, args, llm_args)
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess object_qa` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args(STEP, argv))

@@ -13,16 +13,17 @@ with the reason (the original silently recorded "no objects" instead).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dift.core.cli import require_path
 from dift.core.frames import list_frame_files
 
+from .arguments import LLMArguments, StepArguments, parse_step_args
 from .layout import ClipPaths, write_json_atomic
 from .llm import (
-    LLMArguments,
+    ClipLLM,
     LLMClient,
     LLMReplyError,
     LLMUnavailable,
@@ -31,7 +32,7 @@ from .llm import (
     require_fields,
     text_part,
 )
-from .runner import ClipFailure, StepArguments, clips_completed_by, parse_args, run_step, setup_logging
+from .runner import ClipFailure, StepState, clips_completed_by, finish, run_step, select_clips, setup_logging
 
 log = logging.getLogger(__name__)
 STEP = "objects"
@@ -46,11 +47,6 @@ PROMPT = (
     "segmentation prompt (e.g. \"red car on the left\"). Use null when there is no such object.\n"
     'Answer with ONLY a JSON object: {{"dynamic_object": "..." or null, "static_object": "..." or null}}'
 )
-
-
-@dataclass
-class ObjectsArguments(StepArguments, LLMArguments):
-    pass
 
 
 def sample_for_llm(files: list, limit: int = MAX_LLM_FRAMES) -> list:
@@ -75,31 +71,35 @@ def parse_objects(obj: dict) -> dict:
     return {"dynamic_object": object_label(obj["dynamic_object"]), "static_object": object_label(obj["static_object"])}
 
 
-def name_objects(llm: LLMClient, clip_id: str, frames_dir: Path) -> dict:
+def name_objects(llm: ClipLLM, clip_id: str, frames_dir: Path) -> dict:
     files = sample_for_llm(list_frame_files(frames_dir))
     content = [text_part(PROMPT.format(n=len(files)))] + [image_part(f) for f in files]
     return llm.ask_json(content, parse_objects, trace=f"{clip_id}/{TASK}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(ObjectsArguments, argv)
-    setup_logging(args.log_level, [args.llm_api_key or ""])
+def run(args: StepArguments, llm_args: LLMArguments) -> int:
+    setup_logging(args.log_level)
+    require_path("--out", args.out, "dir")
     out_root = Path(args.out)
-    llm = LLMClient(args)
+    llm = LLMClient(llm_args)
+    clips = select_clips(clips_completed_by(out_root, "frames"), args, STEP, "frames", out_root)
+    state = StepState(out_root, STEP)
 
     def process(clip_id: str) -> dict:
         paths = ClipPaths(out_root, clip_id)
+        clip_llm = llm.for_clip(state.replies_path(clip_id))
         try:
-            objects = name_objects(llm, clip_id, paths.frames_dir)
+            objects = name_objects(clip_llm, clip_id, paths.frames_dir)
         except (LLMReplyError, LLMUnavailable) as err:
             raise ClipFailure(str(err)) from None
         write_json_atomic(paths.objects_json, objects)
         return {"with_dynamic": int(objects["dynamic_object"] is not None),
-                "with_static": int(objects["static_object"] is not None)}
+                "with_static": int(objects["static_object"] is not None),
+                **({"llm_replies_reused": clip_llm.cache.hits} if clip_llm.cache.hits else {})}
 
-    run_step(out_root, STEP, args.select(clips_completed_by(out_root, "frames")), process, args.workers, args.retry_failed)
-    return 0
+    return finish(run_step(out_root, STEP, clips, process, args.workers, args.retry_failed), args.max_skip_fraction)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preprocess objects` without the exit-code wrapper: returns 0 or raises."""
+    return run(*parse_step_args(STEP, argv))

@@ -1,5 +1,5 @@
-"""What the two QA steps (camera_qa, object_qa) share: their flags, the clip they read, the
-question rewrite, the chain-of-thought request, the QA record, and the step's main loop.
+"""What the two QA steps (camera_qa, object_qa) share: the clip they read, the question rewrite,
+the chain-of-thought request, the QA record, and the step's main loop.
 
 QA record (one item; paths relative to the output root):
     id, clip_id, kind ("camera" | "object"), type, question (with the lettered options),
@@ -11,29 +11,23 @@ QA record (one item; paths relative to the output root):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from dift.core.cli import require_path
 from dift.core.conversation import question_with_options
 from dift.core.frames import uniform_subsample
 
+from .arguments import LLMArguments, QAArguments
 from .cot import SEPARATOR, cot_prompt, validate_cot
 from .labels import Choice
-from .layout import ClipPaths, read_json, write_json_atomic
-from .llm import LLMArguments, LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
-from .runner import StepArguments, clips_completed_by, parse_args, run_step, setup_logging
+from .layout import ClipPaths, write_json_atomic
+from .llm import ClipLLM, LLMClient, LLMReplyError, ReplyInvalid, image_part, require_fields, text_part
+from .records import read_clip_json, read_objects_json
+from .runner import StepState, clips_completed_by, finish, run_step, select_clips, setup_logging
 
 log = logging.getLogger(__name__)
 MIN_QUESTION_CHARS = 10
-
-
-@dataclass
-class QAArguments(StepArguments, LLMArguments):
-    seed: int = field(default=0, metadata={"help": "Seed of every random choice (per clip: derived from seed and clip id)."})
-    cot_tries: int = field(default=10, metadata={"help": "CoT requests per item before the item is skipped."})
-    cot_max_tokens: int = field(default=8192, metadata={"help": "Max tokens of a CoT reply."})
-    cot_max_frames: int = field(default=50, metadata={"help": "Clip frames sent with each CoT request (uniformly subsampled)."})
-    workers: int = field(default=8, metadata={"help": "Clips in flight (their LLM calls run concurrently)."})
 
 
 @dataclass
@@ -47,7 +41,7 @@ class ClipInfo:
     @classmethod
     def load(cls, out_root: Path, clip_id: str) -> ClipInfo:
         paths = ClipPaths(out_root, clip_id)
-        return cls(paths, read_json(paths.clip_json, "clip.json"), read_json(paths.objects_json, "objects.json"))
+        return cls(paths, read_clip_json(paths.clip_json), read_objects_json(paths.objects_json))
 
     @property
     def clip_id(self) -> str:
@@ -75,7 +69,7 @@ def _question_field(obj: dict) -> str:
     return q
 
 
-def rewrite_question(llm: LLMClient, trace: str, prompt: str, fallback: str) -> str:
+def rewrite_question(llm: ClipLLM, trace: str, prompt: str, fallback: str) -> str:
     """An LLM-written question (JSON {"question"}), used if longer than 10 characters once quotes
     are stripped; else `fallback`. A failing service is not hidden: LLMUnavailable propagates."""
     try:
@@ -88,7 +82,7 @@ def rewrite_question(llm: LLMClient, trace: str, prompt: str, fallback: str) -> 
     return question if len(question) > MIN_QUESTION_CHARS else fallback
 
 
-def request_cot(llm: LLMClient, args: QAArguments, info: ClipInfo, trace: str, flow: str, question: str,
+def request_cot(llm: ClipLLM, args: QAArguments, info: ClipInfo, trace: str, flow: str, question: str,
                 choice: Choice, helpers: list[tuple[Path, float]], context: str = "") -> str | None:
     """A validated CoT for one item, or None after `cot_tries` unusable replies."""
     numbers = uniform_subsample(info.frame_numbers, args.cot_max_frames)
@@ -117,19 +111,23 @@ def qa_record(info: ClipInfo, item_id: str, kind: str, qtype: str, question_text
     }
 
 
-def run_qa_step(step: str, kind: str, arguments: type[QAArguments], make_items, argv=None) -> int:
-    """A QA step's `main`: for every clip the masks step finished, `make_items(llm, args, info)` ->
+def run_qa_step(step: str, kind: str, make_items, args: QAArguments, llm_args: LLMArguments) -> int:
+    """A QA step's `run`: for every clip the masks step finished, `make_items(llm, args, info)` ->
     (items, counts); the items are written atomically to the clip's `<kind>_qa.json`."""
-    args = parse_args(arguments, argv)
-    setup_logging(args.log_level, [args.llm_api_key or ""])
+    setup_logging(args.log_level)
+    require_path("--out", args.out, "dir")
     out_root = Path(args.out)
-    llm = LLMClient(args)
+    llm = LLMClient(llm_args)
+    clips = select_clips(clips_completed_by(out_root, "masks"), args, step, "masks", out_root)
+    state = StepState(out_root, step)
 
     def process(clip_id: str) -> dict:
         info = ClipInfo.load(out_root, clip_id)
-        items, counts = make_items(llm, args, info)
+        clip_llm = llm.for_clip(state.replies_path(clip_id))
+        items, counts = make_items(clip_llm, args, info)
         write_json_atomic(info.paths.qa_json(kind), items)
+        if clip_llm.cache.hits:
+            counts["llm_replies_reused"] += clip_llm.cache.hits
         return dict(counts)
 
-    run_step(out_root, step, args.select(clips_completed_by(out_root, "masks")), process, args.workers, args.retry_failed)
-    return 0
+    return finish(run_step(out_root, step, clips, process, args.workers, args.retry_failed), args.max_skip_fraction)

@@ -7,19 +7,24 @@ Input root layout (SpatialVID's own):
     annotations/<group>/<video_id>/caption.json      only "SceneSummary" is used
     annotations/<group>/<video_id>/poses.npy, intrinsics.npy (not used: camera motion comes from
                                                       instructions.json, as in the original)
-Bad content raises one-line errors naming file:line (or file and key).
+Bad content raises `RecordError`, one line naming file:line (or file and key); the frames step
+records it as the clip's failure reason.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-_SEGMENT_KEY = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*$")
+from .records import RecordError, read_json, read_text
+
+log = logging.getLogger(__name__)
+_SEGMENT_KEY = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*$", re.ASCII)
+_INTEGER = re.compile(r"^[+-]?\d+$", re.ASCII)  # int() alone would also take "1_000" and non-ASCII digits
 
 
 @dataclass(frozen=True)
@@ -56,22 +61,35 @@ def list_source_clips(input_root: str | Path) -> list[SourceClip]:
 
 
 def read_indexes(path: str | Path) -> list[tuple[int, int]]:
-    """(seq, video frame index) pairs in file order; `#` lines and lines without two fields are ignored."""
+    """(seq, video frame index) pairs in file order. `#` lines and lines without exactly two fields
+    are ignored, as in the original (with a warning naming the first such line); two integers are
+    required otherwise, sequence numbers may not repeat and frame indices may not be negative."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: indexes.txt not found")
-    pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    pairs: list[tuple[int, int]] = []
+    first_line_of_seq: dict[int, int] = {}
+    ignored: list[int] = []
+    # lines end at "\n" only (a CRLF file loses its "\r" with the white space): splitlines() would
+    # also break inside a comment at "\r", "\x1c" or "\u2028"
+    for lineno, line in enumerate(read_text(path, "indexes.txt").split("\n"), 1):
         fields = line.split()
-        if not fields or fields[0].startswith("#") or len(fields) != 2:
+        if not fields or fields[0].startswith("#"):
             continue
-        try:
-            seq, index = int(fields[0]), int(fields[1])
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: expected two integers '<seq> <frame index>', got {line.strip()!r}") from None
+        if len(fields) != 2:
+            ignored.append(lineno)
+            continue
+        if not all(_INTEGER.match(f) for f in fields):
+            raise RecordError(f"{path}:{lineno}: expected two integers '<seq> <frame index>', got {line.strip()[:60]!r}")
+        seq, index = int(fields[0]), int(fields[1])
         if index < 0:
-            raise ValueError(f"{path}:{lineno}: negative frame index {index}")
+            raise RecordError(f"{path}:{lineno}: negative frame index {index}")
+        if seq in first_line_of_seq:
+            raise RecordError(f"{path}:{lineno}: sequence number {seq} repeats line {first_line_of_seq[seq]}")
+        first_line_of_seq[seq] = lineno
         pairs.append((seq, index))
+    if ignored:
+        log.warning("%s:%d: %d line(s) without exactly two fields ignored", path, ignored[0], len(ignored))
     return pairs
 
 
@@ -88,57 +106,63 @@ def read_instructions(path: str | Path) -> list[RawSegment]:
     path = Path(path)
     if not path.is_file():
         return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(path, "instructions.json")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object {{'a->b': [moves]}}, got {type(data).__name__}")
+        raise RecordError(f"{path}: expected an object {{'a->b': [moves]}}, got {type(data).__name__}")
     segments = []
     for key, moves in data.items():
         m = _SEGMENT_KEY.match(key)
         if not m:
-            raise ValueError(f"{path}: segment key {key!r} is not 'a->b'")
+            raise RecordError(f"{path}: segment key {key[:40]!r} is not 'a->b'")
         if isinstance(moves, str):
             moves = [moves]
         if not isinstance(moves, list) or not all(isinstance(x, str) for x in moves):
-            raise ValueError(f"{path}: segment {key!r}: expected a list of move names")
+            raise RecordError(f"{path}: segment {key!r}: expected a list of move names")
         a, b = int(m.group(1)), int(m.group(2))
         if b <= a:
-            raise ValueError(f"{path}: segment {key!r} does not go forward")
+            raise RecordError(f"{path}: segment {key!r} does not go forward")
         segments.append(RawSegment(key.strip(), a, b, tuple(x.strip() for x in moves if x.strip())))
     return segments
 
 
 def read_scene_summary(path: str | Path) -> str:
-    """caption.json's SceneSummary ('' if the file or field is missing)."""
+    """caption.json's SceneSummary ('' if the file or the field is missing; an error if it is not text)."""
     path = Path(path)
     if not path.is_file():
         return ""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    summary = data.get("SceneSummary", "") if isinstance(data, dict) else ""
-    return summary.strip() if isinstance(summary, str) else ""
+    data = read_json(path, "caption.json")
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    summary = data.get("SceneSummary", "")
+    if summary is None:
+        return ""
+    if not isinstance(summary, str):
+        raise RecordError(f"{path}: field SceneSummary: expected a string, got {type(summary).__name__}")
+    return summary.strip()
 
 
 def decode_frames_at(video_path: str | Path, indices: list[int]) -> tuple[dict[int, np.ndarray], float]:
     """RGB frames at the given source indices (decoded in one forward pass with PyAV) and the
-    source fps. Indices past the end of the stream are missing from the result."""
+    source fps. Indices past the end of the stream are missing from the result; a file that is not
+    a decodable video is a RecordError naming it."""
     import av
 
     wanted = set(indices)
     frames: dict[int, np.ndarray] = {}
-    with av.open(str(video_path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        if fps <= 0:
-            raise ValueError(f"{video_path}: the video stream has no frame rate")
-        last = max(wanted) if wanted else -1
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
+    try:
+        with av.open(str(video_path)) as container:
+            if not container.streams.video:
+                raise RecordError(f"{video_path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            if fps <= 0:
+                raise RecordError(f"{video_path}: the video stream has no frame rate")
+            last = max(wanted) if wanted else -1
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except av.error.FFmpegError as err:
+        raise RecordError(f"{video_path}: not a decodable video ({getattr(err, 'strerror', None) or err})") from None
     return frames, fps

@@ -11,10 +11,19 @@ and answers:
     cot*                    <thinking> with one <output_image> per helper image </thinking><answer>
                             with the correct answer the prompt states
 Unknown clips get generic answers. Faults (--faults FILE, a JSON list of {"match": substring of the
-trace header, "faults": [...]}) are consumed in order by matching requests: "500", "429",
-"timeout" (sleeps --slow_seconds before answering, so the client times out), "badjson" (a reply
-that is not JSON), "missing" (JSON without the expected fields), "wrongletter" (a CoT answering
-another option).
+trace header, "faults": [...]}) are consumed in order by matching requests:
+    "500", "502", "503", "429"  that HTTP error (429 with Retry-After: 0)
+    "timeout", "slow"           sleep --slow_seconds, then answer (a client with a shorter timeout gives up)
+    "badjson"                   a reply that is not JSON
+    "truncated"                 the right JSON reply cut in the middle (as a reply hitting max_tokens)
+    "cutoff"                    the HTTP body cut in the middle and the connection closed
+    "missing"                   JSON without the expected fields
+    "wrongletter"               a CoT answering another option
+    "echokey"                   HTTP 400 whose error echoes the API key it was sent: whole, its first
+                                characters, a middle part, its end, URL-encoded and inside JSON
+    "echokey500"                the same echo with HTTP 500 (retried by the client)
+    "echokey_reply"             HTTP 200 whose reply text holds the key (whole and in parts)
+`server.requests` counts the requests served (tests check that a resumed run does not pay twice).
 
     python scripts/llm_server.py --truth DEMO/truth.json --port 0 --port_file /tmp/llm.port
     # prints "LLM server listening on http://127.0.0.1:PORT/v1"
@@ -31,6 +40,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger("llm_server")
 TRACE_HEADER = "X-Trace-Id"
@@ -70,6 +80,15 @@ def _texts(messages: list[dict]) -> tuple[str, int, int]:
     return "\n".join(texts), images, after or 0
 
 
+def key_echoes(key: str) -> str:
+    """The key as careless services echo it: whole, its first characters, a middle part, its end,
+    URL-encoded and inside JSON."""
+    third = max(1, len(key) // 3)
+    return (f"Incorrect API key provided: {key}. You sent {key[:8]}..., which contains {key[third:2 * third]} and "
+            f"ends with ...{key[-7:]}; as a query: ?api_key={quote(key, safe='')}; as JSON: "
+            f"{json.dumps({'api_key': key})}")
+
+
 def answer(trace: str, messages: list[dict], truth: dict, fault: str | None) -> str:
     """The reply text for one request."""
     parts = trace.split("/")
@@ -81,6 +100,9 @@ def answer(trace: str, messages: list[dict], truth: dict, fault: str | None) -> 
         return "Sure! Here is what I think: {not json"
     if fault == "missing":
         return "{}" if not task.startswith("cot") else "<thinking>too short</thinking>"
+    if fault == "truncated":
+        text = answer(trace, messages, truth, None)
+        return text[:len(text) // 2]
     if task == "objects":
         return json.dumps({"dynamic_object": gt["dynamic_object"], "static_object": gt["static_object"]})
     if task == "verify":
@@ -123,7 +145,7 @@ def make_handler(truth: dict, faults: FaultSchedule, api_key: str | None, slow_s
         def log_message(self, fmt, *args):  # the default handler logs to stderr unconditionally
             log.debug(fmt, *args)
 
-        def _send(self, status: int, body: dict, headers: dict | None = None):
+        def _send(self, status: int, body: dict, headers: dict | None = None, cut: bool = False):
             data = json.dumps(body).encode()
             try:
                 self.send_response(status)
@@ -132,7 +154,10 @@ def make_handler(truth: dict, faults: FaultSchedule, api_key: str | None, slow_s
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(data[:len(data) // 2] if cut else data)
+                if cut:  # the body ends early: the client sees a broken connection
+                    self.wfile.flush()
+                    self.close_connection = True
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                 pass
 
@@ -150,6 +175,8 @@ def make_handler(truth: dict, faults: FaultSchedule, api_key: str | None, slow_s
             except json.JSONDecodeError:
                 return self._send(400, {"error": {"message": "request body is not JSON"}})
             trace = self.headers.get(TRACE_HEADER, "unknown/unknown/0")
+            with faults.lock:
+                self.server.requests += 1
             fault = faults.next_fault(trace)
             log.info("%s%s", trace, f" fault={fault}" if fault else "")
             if delay:
@@ -158,15 +185,21 @@ def make_handler(truth: dict, faults: FaultSchedule, api_key: str | None, slow_s
                 return self._send(int(fault), {"error": {"message": "injected server error"}})
             if fault == "429":
                 return self._send(429, {"error": {"message": "injected rate limit"}}, {"Retry-After": "0"})
-            if fault == "timeout":
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            if fault in ("echokey", "echokey500"):
+                return self._send(400 if fault == "echokey" else 500, {"error": {
+                    "message": key_echoes(sent), "param": sent, "code": f"invalid_api_key:{sent[:12]}"}})
+            if fault in ("timeout", "slow"):
                 time.sleep(slow_seconds)
             content = answer(trace, body.get("messages", []), truth, fault)
+            if fault == "echokey_reply":
+                content = json.dumps({"dynamic_object": sent, "static_object": key_echoes(sent)})
             self._send(200, {
                 "id": "chatcmpl-loopback", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "loopback"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            })
+            }, cut=fault == "cutoff")
 
     return Handler
 
@@ -178,6 +211,7 @@ def serve(truth_path: str | None, port: int = 0, faults_path: str | None = None,
     faults = FaultSchedule(json.loads(Path(faults_path).read_text()) if faults_path else [])
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(truth, faults, api_key, slow_seconds, delay))
     server.daemon_threads = True
+    server.requests = 0
     server.faults = faults  # tests check that every scheduled fault was served
     return server
 

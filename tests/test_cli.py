@@ -11,21 +11,25 @@ from pathlib import Path
 import pytest
 
 from dift.core.cli import UsageError, parse_cli_args
+from preprocess.arguments import STEPS as PREPROCESS_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
-# (module, the usage line's command); each module's CLI is `python -m <module>`.
+# (module and its arguments before --help, the usage line's command); each CLI is `python -m <module>`.
 COMMANDS = [
     ("evaluation.dsr_eval", "python -m evaluation.dsr_eval"),
     ("dift.inference", "python -m dift.inference"),
     ("dift.train", "python -m dift.train"),
     ("evaluation.rescore", "python -m evaluation.rescore"),
+    ("preprocess", "python -m preprocess"),
+    *[(f"preprocess {step}", f"python -m preprocess {step}") for step in PREPROCESS_STEPS],  # each step's flags
 ]
 
 HELP_PROBE = """
 import runpy, sys
-sys.argv = [sys.argv[1], "--help"]
+module, *args = sys.argv[1].split()
+sys.argv = [module, *args, "--help"]
 try:
-    runpy.run_module(sys.argv[0], run_name="__main__")
+    runpy.run_module(module, run_name="__main__")
 except SystemExit as e:
     code = e.code
 print("EXIT", code, "TORCH", "torch" in sys.modules)

@@ -28,7 +28,7 @@ from scripts.llm_server import serve
 from scripts.make_demo_spatialvid import make_demo
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "sk-engine-test"
+KEY = "sk-Ng7q2Lx9Wp4Z"  # random-looking: any 6 characters of a key in a row are scrubbed from outputs
 NUM_CLIPS = 3
 
 

@@ -8,12 +8,13 @@ import threading
 
 import pytest
 
+from dift.core.cli import JobFailed
 from preprocess import clip_frames, objects
 from preprocess.runner import StepState
 from scripts.llm_server import serve
 from scripts.make_demo_spatialvid import make_demo
 
-SECRET = "sk-test-SECRET-4f9a"
+SECRET = "sk-Tq8Rw2Vn5Xj4Lc7"
 
 
 @pytest.fixture()
@@ -89,25 +90,11 @@ def test_wrong_key_is_not_retried_and_not_recorded(demo_frames, server_factory, 
     src, out = demo_frames
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-1234")
     url = server_factory(src / "truth.json", None, tmp_path)
-    assert _objects(out, url, "--clips", "demo0_000") == 0
+    with pytest.raises(JobFailed, match="objects: every clip failed"):  # one clip asked, and it failed
+        _objects(out, url, "--clips", "demo0_000")
     reason = StepState(out, "objects").failed()["demo0_000"]
     assert "HTTP 401 (not retried)" in reason and "Incorrect API key provided: ***" in reason
     assert "sk-wrong-key-1234" not in (out / "state" / "objects" / "failed.jsonl").read_text()  # the server echoed it
-
-
-def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
-    from preprocess.__main__ import main
-
-    assert main(["objects"]) == 2
-    assert capsys.readouterr().err.strip() == "preprocess objects: error: --out (the engine's output root) is required"
-    assert main(["frames", "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"{tmp_path / 'nowhere' / 'videos'}: no videos/ folder" in err
-    qa = tmp_path / "out" / "qa" / "qa_all.jsonl"
-    qa.parent.mkdir(parents=True)
-    qa.write_text('{"id": "x"}\n')
-    assert main(["convert", "--out", str(tmp_path / "out")]) == 2
-    assert f"{qa}:1: missing field(s) question" in capsys.readouterr().err
 
 
 def test_frames_step_failures_are_recorded(tmp_path):
@@ -117,12 +104,20 @@ def test_frames_step_failures_are_recorded(tmp_path):
     ann1 = src / "annotations" / "group_0001" / "demo0_001"
     (ann1 / "indexes.txt").write_text("".join(f"{i} {i % 20}\n" for i in range(51)))
     out = tmp_path / "out"
-    assert clip_frames.main(["--input", str(src), "--out", str(out)]) == 0
+    with pytest.raises(JobFailed, match=r"frames: every clip failed \(2 of 2; reasons in state/frames/failed.jsonl"):
+        clip_frames.main(["--input", str(src), "--out", str(out)])
     failed = StepState(out, "frames").failed()
     assert "no frames listed" in failed["demo0_000"] and "51 frames listed, more than 50" in failed["demo0_001"]
     (ann / "indexes.txt").write_text("0 0\nx 3\n")
-    assert clip_frames.main(["--input", str(src), "--out", str(out), "--retry_failed", "--clips", "demo0_000"]) == 0
+    with pytest.raises(JobFailed, match="indexes.txt:2: expected two integers"):  # the first reason is in the line
+        clip_frames.main(["--input", str(src), "--out", str(out), "--retry_failed", "--clips", "demo0_000"])
     assert "indexes.txt:2: expected two integers" in StepState(out, "frames").failed()["demo0_000"]
+    # a third of the clips failing is a failure of the run only beyond --max_skip_fraction
+    (ann / "indexes.txt").write_text("0 0\n1 2\n")
+    assert clip_frames.main(["--input", str(src), "--out", str(out), "--retry_failed",
+                             "--max_skip_fraction", "0.5"]) == 0
+    with pytest.raises(JobFailed, match="1 of 2 clips failed, more than --max_skip_fraction 0.4"):
+        clip_frames.main(["--input", str(src), "--out", str(out), "--max_skip_fraction", "0.4"])
 
 
 def test_model_from_flag_else_env_else_default(monkeypatch):

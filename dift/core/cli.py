@@ -146,11 +146,17 @@ def parse_cli_args(parser, argv: Sequence[str] | None = None) -> tuple:
     if config_path is not None:
         parser.set_defaults_with_config(**load_config_file(config_path, parser))
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except UsageError:
         raise
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(one_line(err)) from None
+    if remaining:
+        # flag names only: the value after a misspelt flag may be a secret (--llm_api_keyy sk-...)
+        flags = [a.split("=", 1)[0] for a in remaining if a.startswith("-")]
+        what = f"unknown flag(s) {' '.join(flags)}" if flags else f"{len(remaining)} unexpected argument(s)"
+        raise UsageError(f"{what} (--help lists the flags)")
+    return tuple(parsed)
 
 
 def run_cli(prog: str, main: Callable[[], object], *, interrupted: str | Callable[[], str] =

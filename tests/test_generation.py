@@ -393,3 +393,24 @@ def test_stop_ids_end_a_row(loaded, prompts):
     # Row 1 is inside its block at step 3 (the sampled <|endoftext|> is replaced by a pad); it stops at 9.
     assert both[1].token_ids[3] == t.pad and both[1].finished and len(both[1].token_ids) == 10
     assert both[0].token_ids == default[0].token_ids[:4] and both[1].token_ids == default[1].token_ids[:10]
+
+
+def test_shared_prefix_groups_equal_separate_prefills(loaded, prompts):
+    """group_size=G encodes each prompt once and repeats its KV cache to G rows: the same tokens, fed
+    vectors and log-probs as a batch holding every prompt G times (G prefills each), seed for seed."""
+    t, group = loaded.token_ids, 3
+    sampling = SamplingConfig(max_new_tokens=14, temperature=1.0, top_p=0.9)
+    seeds = list(range(100, 109))
+    # Latent blocks at different steps in different rows, and one row that stops early.
+    plan = {0: {1: t.start}, 2: {4: t.start}, 4: {2: t.start, 10: t.im_end}, 7: {0: t.start, 8: t.start}}
+    shared = generate(loaded, encode(loaded, prompts), sampling, plan, seeds=seeds, group_size=group)
+    separate = generate(loaded, encode(loaded, prompts, [0, 0, 0, 1, 1, 1, 2, 2, 2]), sampling, plan, seeds=seeds)
+    assert len(shared) == 9
+    for a, b in zip(shared, separate):
+        assert_same(a, b)
+    assert [r.token_ids.count(t.start) for r in shared] == [1, 0, 1, 0, 1, 0, 0, 2, 0]
+    assert shared[4].finished and len(shared[4].token_ids) == 11
+    # The copies of one prompt are sampled independently (their own seeds), not copied.
+    assert len({tuple(r.token_ids) for r in shared[3:6]}) == 3
+    with pytest.raises(ValueError, match="3 seeds for a batch of 9 rows"):
+        generate(loaded, encode(loaded, prompts), sampling, seeds=[1, 2, 3], group_size=group)

@@ -414,3 +414,36 @@ def test_shared_prefix_groups_equal_separate_prefills(loaded, prompts):
     assert len({tuple(r.token_ids) for r in shared[3:6]}) == 3
     with pytest.raises(ValueError, match="3 seeds for a batch of 9 rows"):
         generate(loaded, encode(loaded, prompts), sampling, seeds=[1, 2, 3], group_size=group)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_memory_bounded_head_equals_log_softmax(loaded, tied):
+    """`token_logprobs` (replay's head: no (tokens, vocab) matrix kept) gives log_softmax(lm_logits / T)
+    at the targets, the entropy, and the same gradients, for a tied and an untied head."""
+    model = loaded.model
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, model.config.text_config.hidden_size, generator=gen)
+    targets = torch.randint(0, model.config.text_config.vocab_size, (37,), generator=gen)
+    untied = None
+    if not tied:  # a separate head with its own weights (what the 7B has)
+        untied = torch.nn.Parameter(torch.randn_like(model.lm_head.weight, requires_grad=False) * 0.05)
+        model.config.tie_word_embeddings, model.lm_head.weight = False, untied
+    try:
+        weight = model.lm_head.weight
+        h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+        ours, entropy = model.token_logprobs(h1, targets, temperature=0.7, with_entropy=True)
+        full = torch.log_softmax(model.lm_logits(h2) / 0.7, dim=-1)
+        torch.testing.assert_close(ours, full.gather(-1, targets[:, None])[:, 0], rtol=0, atol=2e-5)
+        torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1), rtol=0, atol=2e-4)
+        weight.grad = None
+        ours.sum().backward()
+        ours_grads = (h1.grad, weight.grad.clone())
+        weight.grad = None
+        full.gather(-1, targets[:, None]).sum().backward()
+        torch.testing.assert_close(ours_grads[0], h2.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours_grads[1], weight.grad, rtol=1e-4, atol=1e-6)
+    finally:
+        weight.grad = None
+        if untied is not None:
+            model.config.tie_word_embeddings = True
+            model.lm_head.weight = model.get_input_embeddings().weight

@@ -114,7 +114,7 @@ class LatentQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         log-sum-exp and recomputes them in backward (a float32 log-softmax kept for backward is 2.5 GB
         per 4,096 tokens of a 151,936-token vocabulary)."""
         outputs = ("entropy",) if with_entropy else ()
-        weight, bias = self.lm_head.weight, self.lm_head.bias
+        weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)  # (a PEFT wrapper has no bias)
         if self.config.tie_word_embeddings:
             logprobs, entropy, *_ = ChunkedLogProbFunction.apply(hidden_states, weight, bias, targets, temperature,
                                                                   HEAD_VOCAB_CHUNK, None, 1.0, outputs)

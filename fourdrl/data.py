@@ -79,6 +79,8 @@ class RLRecord:
 
 def split_data_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """`a.jsonl:b.jsonl` (the original's way of giving several files), or a list of paths."""
+    if isinstance(paths, os.PathLike):
+        paths = os.fspath(paths)
     items = paths.split(":") if isinstance(paths, str) else [str(p) for p in paths]
     files = [Path(p) for p in items if str(p).strip()]
     if not files:
@@ -213,8 +215,8 @@ def cap_longer_side(image: Image.Image, max_side: int = RL_MAX_FRAME_SIDE) -> Im
     w, h = image.size
     if max(w, h) <= max_side:
         return image
-    scale = max_side / max(w, h)
-    return image.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BILINEAR)
+    longest = max(w, h)  # integer arithmetic: 1280x720 -> 448x252 exactly (float scaling floors to 251)
+    return image.resize((max(1, w * max_side // longest), max(1, h * max_side // longest)), Image.Resampling.BILINEAR)
 
 
 def load_rl_frames(paths: Sequence[str], max_side: int = RL_MAX_FRAME_SIDE) -> list[Image.Image]:

@@ -87,8 +87,8 @@ class FourDRLConfig(GRPOConfig):
             self.bf16 = False
         self.run_dir = str(Path(self.output_dir) / self.exp_name)
         self.output_dir = str(Path(self.run_dir) / CHECKPOINTS)
-        super().__post_init__()
         self._check_supported()
+        super().__post_init__()
 
     def _check_supported(self) -> None:
         if self.max_frames < 1 or self.max_frame_side < 28:

@@ -393,3 +393,57 @@ def test_stop_ids_end_a_row(loaded, prompts):
     # Row 1 is inside its block at step 3 (the sampled <|endoftext|> is replaced by a pad); it stops at 9.
     assert both[1].token_ids[3] == t.pad and both[1].finished and len(both[1].token_ids) == 10
     assert both[0].token_ids == default[0].token_ids[:4] and both[1].token_ids == default[1].token_ids[:10]
+
+
+def test_shared_prefix_groups_equal_separate_prefills(loaded, prompts):
+    """group_size=G encodes each prompt once and repeats its KV cache to G rows: the same tokens, fed
+    vectors and log-probs as a batch holding every prompt G times (G prefills each), seed for seed."""
+    t, group = loaded.token_ids, 3
+    sampling = SamplingConfig(max_new_tokens=14, temperature=1.0, top_p=0.9)
+    seeds = list(range(100, 109))
+    # Latent blocks at different steps in different rows, and one row that stops early.
+    plan = {0: {1: t.start}, 2: {4: t.start}, 4: {2: t.start, 10: t.im_end}, 7: {0: t.start, 8: t.start}}
+    shared = generate(loaded, encode(loaded, prompts), sampling, plan, seeds=seeds, group_size=group)
+    separate = generate(loaded, encode(loaded, prompts, [0, 0, 0, 1, 1, 1, 2, 2, 2]), sampling, plan, seeds=seeds)
+    assert len(shared) == 9
+    for a, b in zip(shared, separate):
+        assert_same(a, b)
+    assert [r.token_ids.count(t.start) for r in shared] == [1, 0, 1, 0, 1, 0, 0, 2, 0]
+    assert shared[4].finished and len(shared[4].token_ids) == 11
+    # The copies of one prompt are sampled independently (their own seeds), not copied.
+    assert len({tuple(r.token_ids) for r in shared[3:6]}) == 3
+    with pytest.raises(ValueError, match="3 seeds for a batch of 9 rows"):
+        generate(loaded, encode(loaded, prompts), sampling, seeds=[1, 2, 3], group_size=group)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_memory_bounded_head_equals_log_softmax(loaded, tied):
+    """`token_logprobs` (replay's head: no (tokens, vocab) matrix kept) gives log_softmax(lm_logits / T)
+    at the targets, the entropy, and the same gradients, for a tied and an untied head."""
+    model = loaded.model
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, model.config.text_config.hidden_size, generator=gen)
+    targets = torch.randint(0, model.config.text_config.vocab_size, (37,), generator=gen)
+    untied = None
+    if not tied:  # a separate head with its own weights (what the 7B has)
+        untied = torch.nn.Parameter(torch.randn_like(model.lm_head.weight, requires_grad=False) * 0.05)
+        model.config.tie_word_embeddings, model.lm_head.weight = False, untied
+    try:
+        weight = model.lm_head.weight
+        h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+        ours, entropy = model.token_logprobs(h1, targets, temperature=0.7, with_entropy=True)
+        full = torch.log_softmax(model.lm_logits(h2) / 0.7, dim=-1)
+        torch.testing.assert_close(ours, full.gather(-1, targets[:, None])[:, 0], rtol=0, atol=2e-5)
+        torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1), rtol=0, atol=2e-4)
+        weight.grad = None
+        ours.sum().backward()
+        ours_grads = (h1.grad, weight.grad.clone())
+        weight.grad = None
+        full.gather(-1, targets[:, None]).sum().backward()
+        torch.testing.assert_close(ours_grads[0], h2.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours_grads[1], weight.grad, rtol=1e-4, atol=1e-6)
+    finally:
+        weight.grad = None
+        if untied is not None:
+            model.config.tie_word_embeddings = True
+            model.lm_head.weight = model.get_input_embeddings().weight

@@ -43,3 +43,19 @@ def test_growing_layer_equals_dynamic_layer():
     ours.update(k, k)
     upstream.update(k, k)
     assert_same(ours, upstream)
+
+
+def test_growing_layer_repeats_rows_as_dynamic_layer():
+    """Shared-prefix rollouts: a prompt's cache repeated to its G sampling rows, then appended to."""
+    gen = torch.Generator().manual_seed(1)
+    ours, upstream = GrowingLayer(max_length=50), DynamicLayer()
+    prefill = [torch.randn(2, 2, 6, 8, generator=gen) for _ in range(2)]
+    for layer in (ours, upstream):
+        layer.update(*prefill)
+        layer.batch_repeat_interleave(3)
+    assert_same(ours, upstream)
+    assert ours.keys.shape[0] == 6 and torch.equal(ours.keys[1], prefill[0][0]) and torch.equal(ours.keys[3], prefill[0][1])
+    k = torch.randn(6, 2, 1, 8, generator=gen)
+    ours.update(k, k)
+    upstream.update(k, k)
+    assert_same(ours, upstream)

@@ -166,7 +166,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
                           seeds: Sequence[int] | None = None, latent_ablation: str = "none", progress: bool = False,
                           tokenizer=None, return_logprobs: bool = True, stop_ids: Sequence[int] | None = None,
                           logits_processor: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                          ) -> list[GenerationResult]:
+                          group_size: int = 1) -> list[GenerationResult]:
     """Generate from a left-padded prompt batch (`dift.core.inputs.encode_batch(..., padding_side="left")`).
 
     seeds: one per row; each row samples from its own generator (default: drawn from torch's global
@@ -177,16 +177,22 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     (default `<|im_end|>` only; never inside a latent block, whose tokens are forced).
     logits_processor(step, rows, scores) -> scores: changes what the sampler sees (rows = the batch
     indices of the active rows); reported log-probs stay the model's.
+    group_size: G > 1 samples G completions of every prompt (RL's groups). `inputs` then holds each
+    prompt once; the results come G per prompt, adjacent (row u * G + j is copy j of prompt u), and
+    `seeds` has one entry per result row. The vision encoding and the prefill run once per prompt and
+    their KV cache is repeated to the G rows: the same tokens as a batch holding every prompt G times.
     """
     if latent_ablation not in LATENT_ABLATIONS:
         raise ValueError(f"latent_ablation must be one of {LATENT_ABLATIONS}, got {latent_ablation!r}")
     if latent_size < 1:
         raise ValueError(f"latent_size must be >= 1, got {latent_size}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     device = model.device
     input_ids = inputs["input_ids"].to(device)
     attention_mask = inputs["attention_mask"].to(device)
     _check_left_padded(attention_mask)
-    batch_size = input_ids.shape[0]
+    batch_size = input_ids.shape[0] * group_size  # result rows
     if seeds is None:
         seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
     if len(seeds) != batch_size:
@@ -216,6 +222,11 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
                 use_cache=True, logits_to_keep=1,
                 mm_token_type_ids=None if mm_types is None else mm_types.to(device), **vision)
     logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
+    if group_size > 1:
+        # Shared prefix: every prompt was encoded once; its G sampling rows start from copies of its state.
+        logits, hidden, next_position, attention_mask, input_ids = (
+            t.repeat_interleave(group_size, dim=0) for t in (logits, hidden, next_position, attention_mask, input_ids))
+        cache.batch_repeat_interleave(group_size)
 
     # Per-row state, for the active rows only (rows[i] is the original index of active row i).
     rows = torch.arange(batch_size, device=device)

@@ -6,7 +6,8 @@ after the vocabulary projection. `GrowingLayer` keeps keys and values in a buffe
 (grown by half its length at a time, never past the longest possible sequence when that is
 known) and returns views of its filled part, so a step writes one position and the copies made
 when it grows add up to a constant per token. Everything else (masks,
-sequence length, `batch_select_indices` for dropping finished rows) behaves as upstream's.
+sequence length, `batch_select_indices` for dropping finished rows, `batch_repeat_interleave` for
+sharing a prompt's prefill among its samples) behaves as upstream's.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class GrowingLayer(DynamicLayer):
         if self._keys_buffer is not None and self._length:
             self._keys_buffer = self._keys_buffer[indices]
             self._values_buffer = self._values_buffer[indices]
+            self._refresh_views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        # Parent: repeat the stored tensors. Ours: repeat the buffers (spare room included) and re-view them.
+        if self._keys_buffer is not None and self._length:
+            self._keys_buffer = self._keys_buffer.repeat_interleave(repeats, dim=0)
+            self._values_buffer = self._values_buffer.repeat_interleave(repeats, dim=0)
             self._refresh_views()
 
     def reset(self) -> None:

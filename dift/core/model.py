@@ -30,6 +30,7 @@ from transformers.conversion_mapping import (
 )
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.utils import ModelOutput
+from trl.kernels import ChunkedLogProbFunction
 
 from .latent_config import read_latent_config
 from .latent_ops import (
@@ -41,6 +42,8 @@ from .latent_ops import (
 from .positions import model_position_ids
 
 log = logging.getLogger(__name__)
+
+HEAD_VOCAB_CHUNK = 8192  # vocabulary columns per tile of the memory-bounded log-prob head
 
 
 @dataclass
@@ -128,6 +131,25 @@ class LatentQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
             return self.lm_head(hidden_states).float()
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             return F.linear(hidden_states.float(), self.lm_head.weight.float())
+
+    def token_logprobs(self, hidden_states: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log_softmax(lm_logits(hidden_states) / T)[targets], (N,) float32, and the entropy if asked, for
+        (N, hidden) states; the same numbers as `lm_logits` at the same precision, but the (N, vocab)
+        matrix is never kept: trl's `ChunkedLogProbFunction` folds vocabulary tiles into a running
+        log-sum-exp and recomputes them in backward (a float32 log-softmax kept for backward is 2.5 GB
+        per 4,096 tokens of a 151,936-token vocabulary)."""
+        outputs = ("entropy",) if with_entropy else ()
+        weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)  # (a PEFT wrapper has no bias)
+        if self.config.tie_word_embeddings:
+            logprobs, entropy, *_ = ChunkedLogProbFunction.apply(hidden_states, weight, bias, targets, temperature,
+                                                                  HEAD_VOCAB_CHUNK, None, 1.0, outputs)
+            return logprobs, entropy
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):  # an untied head: float32
+            logprobs, entropy, *_ = ChunkedLogProbFunction.apply(
+                hidden_states.float(), weight.float(), None if bias is None else bias.float(), targets, temperature,
+                HEAD_VOCAB_CHUNK, None, 1.0, outputs)
+        return logprobs, entropy
 
     def forward(
         self,

@@ -40,16 +40,16 @@ def pad_completions(completions: Sequence[Sequence[int]], pad_id: int,
 
 def replay_logprobs(model, prompt_inputs, completion_ids: torch.Tensor | Sequence[Sequence[int]],
                     latent_vectors: Sequence[torch.Tensor], temperature: float = 1.0,
-                    completion_mask: torch.Tensor | None = None, with_entropy: bool = False,
-                    chunk_tokens: int = 4096) -> ReplayOutput:
+                    completion_mask: torch.Tensor | None = None, with_entropy: bool = False) -> ReplayOutput:
     """Per-token log-probs of the completions, with the recorded latent vectors replayed.
 
     prompt_inputs: the LEFT-padded prompt batch the completions were generated from
     (`encode_batch(..., padding_side="left")`, vision tensors included). completion_ids: id lists,
     or a right-padded (B, Lc) tensor with `completion_mask`. latent_vectors: per row, the vectors
     fed at its `<|latent_pad|>` slots in order (`GenerationResult.latent_vectors`). temperature: the
-    T of log_softmax(logits / T), as in sampling (1.0 for greedy). Logits are computed only at
-    completion positions, `chunk_tokens` at a time (a (tokens, vocab) float32 matrix per chunk).
+    T of log_softmax(logits / T), as in sampling (1.0 for greedy). Log-probs are computed only at
+    completion positions, by the model's memory-bounded head (`LatentQwen2_5_VL.token_logprobs`: no
+    (tokens, vocab) matrix is kept for backward).
     """
     device = model.device
     prompt_ids = prompt_inputs["input_ids"].to(device)
@@ -96,23 +96,11 @@ def replay_logprobs(model, prompt_inputs, completion_ids: torch.Tensor | Sequenc
     # Position t of the sequence predicts token t + 1: the completion is predicted from prompt_len - 1 on.
     hidden = out.last_hidden_state[:, prompt_len - 1:prompt_len - 1 + completion_len]
     rows, cols = mask.nonzero(as_tuple=True)
-    targets = ids[rows, cols]
-    picked, entropies = [], []
-    for start in range(0, rows.numel(), chunk_tokens):
-        sl = slice(start, start + chunk_tokens)
-        logits = model.lm_logits(hidden[rows[sl], cols[sl]]) / temperature
-        logp = torch.log_softmax(logits, dim=-1)
-        picked.append(logp.gather(-1, targets[sl, None])[:, 0])
-        if with_entropy:
-            entropies.append(-(logp.exp() * logp).sum(dim=-1))
-    logprobs = torch.zeros((batch, completion_len), dtype=torch.float32, device=device)
-    if picked:
-        logprobs = logprobs.index_put((rows, cols), torch.cat(picked))
+    picked, entropy_values = model.token_logprobs(hidden[rows, cols], ids[rows, cols], temperature, with_entropy)
+    logprobs = torch.zeros((batch, completion_len), dtype=torch.float32, device=device).index_put((rows, cols), picked)
     entropy = None
     if with_entropy:
-        entropy = torch.zeros_like(logprobs)
-        if entropies:
-            entropy = entropy.index_put((rows, cols), torch.cat(entropies).detach())
+        entropy = torch.zeros_like(logprobs).index_put((rows, cols), entropy_values.detach())
     return ReplayOutput(logprobs=logprobs, mask=mask, entropy=entropy)
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# 4DRL on this machine's CPU: 2 processes, torchrun + DeepSpeed ZeRO-2 over gloo, bf16 off; the recipe
+# of fourdrl/train.sh, scaled down, with the embedded tiny default (built on first use):
+#   MODEL  .cache/tiny-latent (random-weight DIFT-ready Qwen2.5-VL, scripts/build_tiny_model.py --latent)
+#   DATA   .cache/demo_rl_data/rl_data.jsonl (scripts/make_demo_rl_data.py)
+# and 2 prompts per process x G 4, accumulation 1, at most 32 new tokens, a checkpoint every 2 steps.
+#
+#   bash fourdrl/train_cpu.sh [more fourdrl.train flags, e.g. --max_steps 4]
+#
+# Every fourdrl/train.sh variable can be overridden (MODEL, DATA, OUTPUT_DIR, EXP_NAME, NUM_GPUS = the
+# number of CPU processes, ...). Output: $OUTPUT_DIR/$EXP_NAME/checkpoints.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${PY:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+fi
+export PY
+if [ -z "${MODEL:-}" ]; then
+    MODEL="$ROOT/.cache/tiny-latent"
+    [ -f "$MODEL/config.json" ] || "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL" --latent
+fi
+if [ -z "${DATA:-}" ]; then
+    DATA="$ROOT/.cache/demo_rl_data/rl_data.jsonl"
+    [ -f "$DATA" ] || "$PY" "$ROOT/scripts/make_demo_rl_data.py" --out "$(dirname "$DATA")"
+fi
+export MODEL DATA HAS_CUDA=0 NUM_GPUS="${NUM_GPUS:-2}"
+export OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/.cache/4drl}" EXP_NAME="${EXP_NAME:-4dthinker_rl_tiny_cpu}"
+export PROMPTS_PER_DEVICE="${PROMPTS_PER_DEVICE:-2}" NUM_GENERATIONS="${NUM_GENERATIONS:-4}" GRAD_ACCUM="${GRAD_ACCUM:-1}"
+export MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-32}" SAVE_STEPS="${SAVE_STEPS:-2}" LR="${LR:-1e-5}"
+exec bash "$ROOT/fourdrl/train.sh" "$@"

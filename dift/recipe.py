@@ -22,7 +22,7 @@ from .collator import DIFTCollator
 from .core.checkpoint import load_processor, prepare_base_model_for_dift, resolve_model_path
 from .core.cli import UsageError
 from .core.distributed import ProcessLayout
-from .core.logs import LOG_FORMAT, setup_logging, show_progress
+from .core.logs import LOG_FORMAT, require_wandb, setup_logging, show_progress
 from .core.model import LatentQwen2_5_VL
 from .core.training_checkpoint import (
     COMPLETE_MARKER,
@@ -190,10 +190,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: DIFTTraini
     try:
         finalize_for_device(args)
         if args.report_to in ("wandb", "all"):
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                raise UsageError("--report_to wandb: wandb is not installed (pip install 'fourdthinker[wandb]')") from None
+            require_wandb()
         if model_args.task != "4dthinker":
             log.info("--task %s: the output-format suffix is added regardless (one conversation format)",
                      model_args.task)

@@ -16,17 +16,6 @@ source "$ROOT/scripts/launch_common.sh"
 launch_python
 export PY
 
-# Builds the embedded default with CMD..., unless TARGET exists; under DRY_RUN=1 prints CMD only.
-build_once() {
-    local target="$1"
-    shift
-    [ -e "$target" ] && return 0
-    if [ "${DRY_RUN:-0}" = 1 ]; then
-        echo "# first builds: $(print_command "$@")"
-    else
-        "$@"
-    fi
-}
 if [ -z "${MODEL:-}" ]; then
     MODEL="$ROOT/.cache/tiny-qwen2.5-vl"
     build_once "$MODEL/config.json" "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL"

@@ -70,6 +70,9 @@ class FourDRLConfig(GRPOConfig):
     max_completion_length: int | None = field(default=8192, metadata={"help": "new tokens per completion at most"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "where metrics go besides the log: tensorboard (OUTPUT_DIR/EXP_NAME/tensorboard), wandb "
+                "(pip install 'fourdthinker[wandb]'; WANDB_MODE=offline works without network), all, none"})
     logging_steps: float = field(default=1, metadata={"help": "log metrics every N optimizer steps"})
     save_steps: float = field(default=100, metadata={"help": "write checkpoints/checkpoint-N every N optimizer steps"})
     data_seed: int | None = field(default=42, metadata={"help": "seed of the prompt order"})

@@ -8,20 +8,21 @@
 #   bash fourdrl/train_cpu.sh [more fourdrl.train flags, e.g. --max_steps 4]
 #
 # Every fourdrl/train.sh variable can be overridden (MODEL, DATA, OUTPUT_DIR, EXP_NAME, NUM_GPUS = the
-# number of CPU processes, ...). Output: $OUTPUT_DIR/$EXP_NAME/checkpoints.
+# number of CPU processes per node, NNODES NODE_RANK MASTER_ADDR MASTER_PORT, ...). Output:
+# $OUTPUT_DIR/$EXP_NAME/checkpoints. DRY_RUN=1 prints the commands (the builds it would run first,
+# then training) and writes nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PY:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
+source "$ROOT/scripts/launch_common.sh"
+launch_python
 export PY
 if [ -z "${MODEL:-}" ]; then
     MODEL="$ROOT/.cache/tiny-latent"
-    [ -f "$MODEL/config.json" ] || "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL" --latent
+    build_once "$MODEL/config.json" "$PY" "$ROOT/scripts/build_tiny_model.py" --out "$MODEL" --latent
 fi
 if [ -z "${DATA:-}" ]; then
     DATA="$ROOT/.cache/demo_rl_data/rl_data.jsonl"
-    [ -f "$DATA" ] || "$PY" "$ROOT/scripts/make_demo_rl_data.py" --out "$(dirname "$DATA")"
+    build_once "$DATA" "$PY" "$ROOT/scripts/make_demo_rl_data.py" --out "$(dirname "$DATA")"
 fi
 export MODEL DATA HAS_CUDA=0 NUM_GPUS="${NUM_GPUS:-2}"
 export OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/.cache/4drl}" EXP_NAME="${EXP_NAME:-4dthinker_rl_tiny_cpu}"

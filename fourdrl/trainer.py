@@ -22,13 +22,16 @@ cannot know about a model that imagines in latent space and reads video:
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 
@@ -38,9 +41,11 @@ from dift.core.inputs import encode_batch
 from dift.core.latent_config import read_latent_config
 from dift.core.replay import replay_logprobs
 from dift.core.tokens import LatentTokenIds
+from dift.core.training_checkpoint import load_checkpoint_weights, mark_complete, unmark
 
 from .data import load_rl_frames, prompt_frames_and_question
 
+log = logging.getLogger(__name__)
 VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -281,3 +286,29 @@ class LatentGRPOTrainer(GRPOTrainer):
             self._metrics["train"][f"time/{name}"].append(seconds)
         self._metrics["train"]["time/update"].append(total - sum(self._seconds.values()))
         return loss
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        # Parent: writes checkpoint-N in place (model, optimizer, scheduler, RNG, trainer state). Ours
+        # clears a stale completion marker first (a step rewritten after a resume) and marks the folder
+        # complete once every rank is done, so a save cut short is never resumed from.
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            unmark(folder)
+        self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_complete(folder, self.state.global_step)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Parent: `load_state_dict(strict=False)` of the file's raw keys, which are in the checkpoint
+        # format (`visual.*`, `model.layers.*`) and match nothing in the live model: training would go
+        # on from the initial weights. Ours renames as from_pretrained does (a mismatch is an error).
+        # LoRA checkpoints hold adapters only, which the parent loads by their own names.
+        target = model if model is not None else self.model
+        if is_peft_model(target):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        n = load_checkpoint_weights(target, resume_from_checkpoint)
+        log.info("loaded %d weight tensors from %s", n, resume_from_checkpoint)

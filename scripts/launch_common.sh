@@ -85,6 +85,20 @@ print_command() {
     printf '%s\n' "${line% }"
 }
 
+# Builds an embedded default (the CPU launchers' tiny checkpoint and data) with CMD..., unless TARGET
+# exists; under DRY_RUN=1 prints the command only ("# first builds: ..."), so a dry run writes nothing.
+#   build_once TARGET CMD...
+build_once() {
+    local target="$1"
+    shift
+    [ -e "$target" ] && return 0
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        echo "# first builds: $(print_command "$@")"
+    else
+        "$@"
+    fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # SLURM: one launcher per node, started by srun (scripts/slurm/*.sbatch)
 

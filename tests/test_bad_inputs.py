@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from scripts.make_demo_benchmark import build_benchmark
+from scripts.make_demo_rl_data import write_demo_rl_data
 from scripts.synthetic_media import moving_square_frames, write_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,20 @@ def ws(tmp_path_factory, tiny_latent, tiny_base, demo_data):
     w["results_options"] = _write(root / "options.jsonl", json.dumps({**result, "num_options": "four"}) + "\n")
     # an evaluation resumed with other settings
     w["resume_output"] = root / "resume" / "run.jsonl"
+    # 4DRL data (bad files next to the good one: frame paths are relative to the JSONL)
+    rl = write_demo_rl_data(root / "rl", num_samples=2, num_frames=2, size=56)
+    rl_good = json.loads(rl.read_text().splitlines()[0])
+    w["rl"] = rl
+    w["rl_bad_json"] = _write(rl.parent / "bad_json.jsonl", rl.read_text() + "{oops\n")
+    w["rl_no_frames"] = _write(rl.parent / "no_frames.jsonl", json.dumps(
+        {k: v for k, v in rl_good.items() if k != "frame_paths"}) + "\n")
+    w["rl_bad_letter"] = _write(rl.parent / "bad_letter.jsonl", json.dumps({**rl_good, "Correct": "F"}) + "\n")
+    w["rl_missing_frame"] = _write(rl.parent / "missing_frame.jsonl", json.dumps(
+        {**rl_good, "frame_paths": ["nope/frame.jpg"]}) + "\n")
+    w["rl_array"] = _write(rl.parent / "array.jsonl", "[1, 2]\n")
+    w["rl_empty"] = _write(rl.parent / "empty.jsonl", "")
+    w["rl_corrupt_video"] = _write(rl.parent / "corrupt_video.jsonl", json.dumps(
+        {k: v for k, v in {**rl_good, "video_path": str(w["corrupt_video"])}.items() if k != "frame_paths"}) + "\n")
     return w
 
 
@@ -122,6 +137,9 @@ TRAIN = ["--exp_name", "x", "--model", "{model}", "--data_path", "{data}", "--ou
 INFER = ["--model_path", "{model}", "--video", "{video}", "--question", "Q?", "--max_new_tokens", "2"]
 EVAL = ["--model_path", "{model}", "--benchmark_path", "{bench}", "--video_root", "{videos}", "--output_file",
         "{out}/eval.jsonl", "--max_new_tokens", "2", "--num_workers", "0"]
+
+RL = ["--model_name_or_path", "{model}", "--data_path", "{rl}", "--output_dir", "{out}/rl", "--num_generations", "2",
+      "--per_device_train_batch_size", "2", "--max_steps", "1", "--max_completion_length", "4", "--report_to", "none"]
 
 
 def replace(argv: list[str], flag: str, value: str | None) -> list[str]:
@@ -174,6 +192,7 @@ CASES = [
     ("train/corrupt_image", "train", replace(TRAIN, "--data_path", "{corrupt_image_data}"), 1, "cannot read image"),
     ("train/corrupt_images_all_skipped", "train", replace(TRAIN, "--data_path", "{corrupt_image_data}")
      + ["--skip_bad_records"], 1, "none of the 4 records could be loaded"),
+    ("train/wandb_not_logged_in", "train", TRAIN + ["--report_to", "wandb"], 2, "not logged in to W&B"),
     ("train/model_without_weights", "train", replace(TRAIN, "--model", "{no_weights}"), 1, "no_weights"),
     # ---- python -m dift.inference
     ("infer/no_visual", "infer", replace(INFER, "--video", None), 2, "exactly one of --video"),
@@ -255,6 +274,34 @@ CASES = [
     ("rescore/error_not_bool", "rescore", ["{results_error_type}"], 1, "not true/false"),
     ("rescore/options_not_count", "rescore", ["{results_options}"], 1, "num_options"),
     ("rescore/benchmark_given_as_results", "rescore", ["{bench}"], 1, "benchmark.parquet"),
+    # ---- python -m fourdrl.train: flags
+    ("rl/unknown_flag", "rl", RL + ["--num_generationz", "4"], 2, "unknown flag(s) --num_generationz"),
+    ("rl/batch_not_whole_groups", "rl", replace(RL, "--per_device_train_batch_size", "3"), 2,
+     "not a multiple of --num_generations 2"),
+    ("rl/unknown_reward", "rl", RL + ["--reward_funcs", "length"], 2, "valid: accuracy, format"),
+    ("rl/weights_count", "rl", RL + ["--reward_weights", "1.0"], 2, "--reward_weights has 1 value(s)"),
+    ("rl/vllm_refused", "rl", RL + ["--use_vllm"], 2, "--use_vllm is not supported"),
+    ("rl/exp_name_path", "rl", RL + ["--exp_name", "a/b"], 2, "--exp_name"),
+    ("rl/bad_lr", "rl", RL + ["--learning_rate", "fast"], 2, "--learning_rate"),
+    ("rl/bad_yaml", "rl", ["--config", "{bad_yaml}"], 2, "not valid YAML"),
+    ("rl/unknown_yaml_key", "rl", ["--config", "{unknown_yaml}"], 2, "unknown key 'no_such_flag'"),
+    ("rl/missing_model", "rl", replace(RL, "--model_name_or_path", "{root}/no_model"), 2, "no_model"),
+    ("rl/resume_missing", "rl", RL + ["--resume_from_checkpoint", "{root}/no_ckpt"], 2, "no checkpoint folder"),
+    ("rl/resume_incomplete", "rl", RL + ["--resume_from_checkpoint", "{incomplete}"], 2, "incomplete"),
+    ("rl/wandb_not_logged_in", "rl", RL + ["--report_to", "wandb"], 2, "not logged in to W&B"),
+    # ---- python -m fourdrl.train: data and model
+    ("rl/data_missing", "rl", replace(RL, "--data_path", "{root}/none.jsonl"), 1, "RL data file not found"),
+    ("rl/bad_json_line", "rl", replace(RL, "--data_path", "{rl_bad_json}"), 1, "bad_json.jsonl:3"),
+    ("rl/no_frames", "rl", replace(RL, "--data_path", "{rl_no_frames}"), 1, "'frame_paths' or 'video_path'"),
+    ("rl/answer_outside_options", "rl", replace(RL, "--data_path", "{rl_bad_letter}"), 1, "not one of the options"),
+    ("rl/missing_frame", "rl", replace(RL, "--data_path", "{rl_missing_frame}"), 1, "file not found"),
+    ("rl/array_line", "rl", replace(RL, "--data_path", "{rl_array}"), 1, "array.jsonl:1"),
+    ("rl/empty_data", "rl", replace(RL, "--data_path", "{rl_empty}"), 1, "no usable RL records"),
+    ("rl/corrupt_video", "rl", replace(RL, "--data_path", "{rl_corrupt_video}"), 1, "corrupt_video.jsonl:1"),
+    ("rl/all_skipped", "rl", replace(RL, "--data_path", "{rl_bad_letter}") + ["--skip_bad_records"], 1,
+     "no usable RL records"),
+    ("rl/model_without_latent_tokens", "rl", replace(RL, "--model_name_or_path", "{base}"), 1, "latent tokens"),
+    ("rl/model_without_weights", "rl", replace(RL, "--model_name_or_path", "{no_weights}"), 1, "no_weights"),
 ]
 
 LAUNCHER_CASES = [
@@ -269,6 +316,11 @@ LAUNCHER_CASES = [
     ("sh/batch_output_file", "evaluation/batch_dsr_eval.sh", {"DRY_RUN": "1"}, ["0 x", "--", "--output_file", "a"], 2,
      "--output_file"),
     ("sh/single_gpu_multinode", "dift/train_single_gpu.sh", {"NNODES": "2", "DRY_RUN": "1"}, [], 2, "NNODES"),
+    ("sh/rl_nnodes_0", "fourdrl/train.sh", {"NNODES": "0", "DRY_RUN": "1"}, [], 2, "NNODES"),
+    ("sh/rl_no_master", "fourdrl/train.sh", {"NNODES": "2", "NODE_RANK": "1", "DRY_RUN": "1"}, [], 2, "MASTER_ADDR"),
+    ("sh/rl_generations_0", "fourdrl/train.sh", {"NUM_GENERATIONS": "0", "DRY_RUN": "1"}, [], 2, "NUM_GENERATIONS"),
+    ("sh/rl_gpus_text", "fourdrl/train_cpu.sh", {"NUM_GPUS": "two", "DRY_RUN": "1", "MODEL": "m", "DATA": "d"}, [], 2,
+     "NUM_GPUS"),
 ]
 
 
@@ -279,8 +331,10 @@ def fill(argv: list[str], ws: dict) -> list[str]:
 def run_python(command: str, argv: list[str], capsys) -> tuple[int, str]:
     from dift import inference, train
     from evaluation import dsr_eval, rescore
+    from fourdrl import train as rl_train
 
-    cli = {"train": train.cli, "infer": inference.cli, "eval": dsr_eval.cli, "rescore": rescore.cli}[command]
+    cli = {"train": train.cli, "infer": inference.cli, "eval": dsr_eval.cli, "rescore": rescore.cli,
+           "rl": rl_train.cli}[command]
     with pytest.raises(SystemExit) as exit_info:
         cli(argv)
     captured = capsys.readouterr()
@@ -288,7 +342,10 @@ def run_python(command: str, argv: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case, command, argv, code, words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(ws, capsys, case, command, argv, code, words):
+def test_bad_input(ws, capsys, monkeypatch, case, command, argv, code, words):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):  # the W&B cases need a machine that is not logged in
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(ws["root"] / "no-netrc"))
     if case == "eval/resume_other_settings" and not ws["resume_output"].exists():
         # A results file written with another seed: resuming it with these settings must be refused.
         from evaluation import dsr_eval

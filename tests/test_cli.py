@@ -20,6 +20,7 @@ COMMANDS = [
     ("dift.inference", "python -m dift.inference"),
     ("dift.train", "python -m dift.train"),
     ("evaluation.rescore", "python -m evaluation.rescore"),
+    ("fourdrl.train", "python -m fourdrl.train"),  # its help is fourdrl/help.txt, kept equal by a test
     ("preprocess", "python -m preprocess"),
     *[(f"preprocess {step}", f"python -m preprocess {step}") for step in PREPROCESS_STEPS],  # each step's flags
 ]
@@ -105,7 +106,7 @@ def test_a_path_flag_naming_nothing_is_a_usage_error(tmp_path):
 
 
 # Each example config in configs/ parses with its command (flags of the right names and types).
-CONFIG_PARSERS = {"dift_": "dift.train", "dsr_eval": "evaluation.dsr_eval"}
+CONFIG_PARSERS = {"dift_": "dift.train", "dsr_eval": "evaluation.dsr_eval", "fourdrl_": "fourdrl.recipe"}
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -113,8 +114,6 @@ def test_every_example_config_parses(config):
     import importlib
 
     module = next((m for prefix, m in CONFIG_PARSERS.items() if config.name.startswith(prefix)), None)
-    if module is None:
-        module = {"fourdrl": "fourdrl.train"}.get(config.name.split("_")[0])
     assert module is not None, f"{config.name}: no command known for this config (add it to CONFIG_PARSERS)"
     parsed = parse_cli_args(importlib.import_module(module).make_parser(), ["--config", str(config)])
     assert parsed

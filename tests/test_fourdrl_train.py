@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -14,8 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dift.core.cli import UsageError
+from dift.core.training_checkpoint import COMPLETE_MARKER, mark_complete
 from fourdrl.config import FourDRLConfig
-from fourdrl.train import RLUsageError, check_run_settings, main, make_parser, resolve_resume
+from fourdrl.recipe import check_run_settings, make_parser, resolve_resume
+from fourdrl.train import HELP_FILE, cli, render_help
 from scripts.make_demo_rl_data import write_demo_rl_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,14 +82,60 @@ def test_settings_that_cannot_work_are_refused(tmp_path, overrides, message):
 
 def test_resume_rule(tmp_path):
     assert resolve_resume(None, tmp_path / "none") is None
-    for step in (2, 10):
+    for step in (2, 10, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (2, 10):  # checkpoint-12: a save cut short (no completion marker)
+        mark_complete(tmp_path / f"checkpoint-{step}", step)
     assert resolve_resume(None, tmp_path) == str(tmp_path / "checkpoint-10")  # the original resumes by itself
     assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
     assert resolve_resume("false", tmp_path) is None
     assert resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
-    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+    with pytest.raises(UsageError, match="no checkpoint folder"):
         resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path)
+    with pytest.raises(UsageError, match="incomplete"):
+        resolve_resume(str(tmp_path / "checkpoint-12"), tmp_path)
+
+
+ALTERNATING = """
+def alternating(completions, **kwargs):
+    return [float(i % 2 == 0) for i in range(len(completions))]
+"""
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_latent, rl_data, monkeypatch):
+    """One process, no DeepSpeed: 2 steps straight, then the same run as if killed while saving step 2,
+    rerun with the same command. The resumed run must start from the trained weights (the Trainer's own loader matched no
+    key of the checkpoint format) with the optimizer and RNG restored: the final weights are equal."""
+    base = ["--model_name_or_path", str(tiny_latent), "--data_path", str(rl_data), "--output_dir", str(tmp_path),
+            "--num_generations", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--max_completion_length", "8", "--max_frames", "2", "--learning_rate", "1e-3", "--save_steps", "1",
+            "--no_gradient_checkpointing", "--report_to", "none",
+            "--reward_funcs", "rl_alternating.alternating", "--reward_weights", "1.0"]  # nonzero advantages
+    (tmp_path / "rl_alternating.py").write_text(ALTERNATING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def run_cli(*argv):
+        with pytest.raises(SystemExit) as exit_:
+            cli([*base, *argv])
+        assert exit_.value.code == 0
+
+    run_cli("--exp_name", "run", "--max_steps", "2")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    straight = load_file(checkpoints / "model.safetensors")
+    # As if killed while saving step 2: its checkpoint has no completion marker and a torn weight file,
+    # and the final model was never written. The same command again resumes from step 1.
+    (checkpoints / "checkpoint-2" / COMPLETE_MARKER).unlink()
+    (checkpoints / "checkpoint-2" / "model.safetensors").write_bytes(b"torn")
+    (checkpoints / "model.safetensors").unlink()
+    run_cli("--exp_name", "run", "--max_steps", "2")
+    log_text = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert f"resuming from {checkpoints / 'checkpoint-1'}" in log_text
+    assert "passing over" in log_text
+    resumed = load_file(checkpoints / "model.safetensors")
+    initial = load_file(tiny_latent / "model.safetensors")
+    assert any(not torch.equal(initial[k], straight[k]) for k in initial)  # training moved the weights
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) == 0.0
+    assert re.search(r"loaded \d+ weight tensors", log_text)
 
 
 def test_user_mistakes_end_with_one_line_and_the_exit_code(tmp_path, tiny_latent, tiny_base, rl_data, capsys,
@@ -94,7 +144,9 @@ def test_user_mistakes_end_with_one_line_and_the_exit_code(tmp_path, tiny_latent
             "--num_generations", "2", "--per_device_train_batch_size", "2"]
 
     def last_error(code, *argv):
-        assert main([*base, *argv]) == code
+        with pytest.raises(SystemExit) as exit_:
+            cli([*base, *argv])
+        assert exit_.value.code == code
         err = capsys.readouterr().err.strip().splitlines()
         assert err and "Traceback" not in "\n".join(err)
         return err[-1]
@@ -104,13 +156,23 @@ def test_user_mistakes_end_with_one_line_and_the_exit_code(tmp_path, tiny_latent
     bad = rl_data.parent / "bad.jsonl"  # next to the data: its frame paths are relative to the JSONL
     bad.write_text(rl_data.read_text() + '{"Question": "q", "A": "x", "Correct": "A"}\n')
     assert last_error(1, "--data_path", str(bad)).startswith(
-        f"fourdrl.train: {bad}:5: missing field 'frame_paths' or 'video_path'")
+        f"python -m fourdrl.train: failed: {bad}:5: missing field 'frame_paths' or 'video_path'")
     assert "the latent tokens" in last_error(1, "--model_name_or_path", str(tiny_base))
     assert "RL data file not found" in last_error(1, "--data_path", str(tmp_path / "nope.jsonl"))
     script, args, _ = parse(*base)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it (after the flags were parsed in one process)
-    with pytest.raises(RLUsageError, match="several processes need --deepspeed"):
+    with pytest.raises(UsageError, match="several processes need --deepspeed"):
         check_run_settings(script, args)
+
+
+def test_stored_help_is_the_parsers():
+    """`--help` prints fourdrl/help.txt (fast: no TRL import); it must be what the parser renders.
+    After a flag or TRL change: FOURDTHINKER_LIVE_HELP=1 python -m fourdrl.train --help > fourdrl/help.txt"""
+    def flags(text):  # the flag names and our own defaults: what a stale file would get wrong
+        return sorted(set(re.findall(r"--[a-z0-9_]+", text))), re.findall(r"\(default: ([^)]*)\)", text)[:40]
+
+    stored, live = HELP_FILE.read_text(), render_help()
+    assert stored.splitlines()[0] == live.splitlines()[0] and flags(stored) == flags(live)
 
 
 def launcher_command(script, env):

@@ -5,6 +5,8 @@ Silenced (and why), all in `quiet_third_party`:
 - DeepSpeed's accelerator auto-detection warning ("Setting accelerator to CPU...") and its op-build
   notices: DeepSpeed logs them at import on every process; we pick the accelerator ourselves;
 - TRL's "experimental feature" warning for `rollout_func`: we use it on purpose;
+- transformers 5's FutureWarnings that `gradient_checkpointing*` is renamed `activation_checkpointing*`:
+  raised by TRL's and the Trainer's own calls, not by anything the user typed (both names are flags);
 - transformers' and huggingface_hub's progress bars (weight loading, shard writing) when stderr is not
   a terminal: in a log file they are carriage-return fragments glued to the next line.
 Our own progress bars (`progress`) show on a terminal and stay out of files; the periodic log lines
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
@@ -42,6 +45,7 @@ def quiet_third_party() -> None:
             os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             pass
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing\w*` is deprecated", category=FutureWarning)
     for name in ("DeepSpeed", "deepspeed"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if not show_progress():
@@ -75,3 +79,22 @@ def setup_logging(level: int = logging.INFO, rank: int = 0, fmt: str = LOG_FORMA
         root.addHandler(handler)
     root.setLevel(level if rank == 0 else logging.WARNING)
     quiet_third_party()
+
+
+def require_wandb() -> None:
+    """UsageError unless `--report_to wandb` can work: wandb installed, and logged in (an API key in the
+    environment or ~/.netrc) or in offline/disabled mode. Asked before the model loads, not after."""
+    import importlib.util
+    from pathlib import Path
+
+    from .cli import UsageError
+
+    if importlib.util.find_spec("wandb") is None:
+        raise UsageError("--report_to wandb: wandb is not installed (pip install 'fourdthinker[wandb]')")
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    raise UsageError("--report_to wandb: not logged in to W&B (run `wandb login`, set WANDB_API_KEY, or "
+                     "WANDB_MODE=offline to log locally)")

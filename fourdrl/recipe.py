@@ -16,6 +16,7 @@ from trl import ModelConfig
 
 from dift.core.checkpoint import load_latent_model, resolve_model_path
 from dift.core.cli import UsageError, build_parser, parse_cli_args
+from dift.core.distributed import ProcessLayout
 from dift.core.frames import FrameCache
 from dift.core.logs import DATE_FORMAT, LOG_FORMAT, require_wandb, setup_logging, show_progress
 from dift.core.training_checkpoint import is_complete_checkpoint, newest_complete_checkpoint
@@ -53,10 +54,6 @@ def make_parser():
 def parse_args(argv: list[str] | None = None) -> tuple[RLScriptArguments, FourDRLConfig, ModelConfig]:
     """The three dataclasses from `--config file.yaml` (if given) and the flags; UsageError if refused."""
     return parse_cli_args(make_parser(), argv)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_resume(value: str | None, checkpoint_dir: str | Path) -> str | None:
@@ -106,7 +103,7 @@ def setup_run_logging(log_dir: Path, is_main: bool) -> list[tuple[logging.Logger
 
 def check_run_settings(script_args: RLScriptArguments, args: FourDRLConfig) -> list:
     """The reward functions; a `UsageError` for flags that cannot work together."""
-    if world_size() > 1 and not args.deepspeed:
+    if ProcessLayout.from_env().world_size > 1 and not args.deepspeed:
         raise UsageError("several processes need --deepspeed (e.g. configs/ds_zero2_grpo.json): the replay forward "
                            "runs on the unwrapped model, whose gradients DDP would not synchronise")
     try:
@@ -156,7 +153,13 @@ def train(script_args: RLScriptArguments, args: FourDRLConfig, model_args: Model
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         log.info("4DRL %s: %d prompts, G %d, %s trainable parameters%s, %d process(es), bf16=%s, deepspeed=%s%s",
                  args.exp_name, len(records), args.num_generations, f"{trainable:,}", " (LoRA)" if peft_config else "",
-                 world_size(), args.bf16, args.deepspeed, f", resuming from {resume}" if resume else "")
+                 ProcessLayout.from_env().world_size, args.bf16, args.deepspeed, f", resuming from {resume}" if resume else "")
+        layout = ProcessLayout.from_env()
+        log.info("%s; global batch %d completions = %d per process x %d accumulation x %d processes (%d prompts x G %d)",
+                 layout.describe(), args.per_device_train_batch_size * args.gradient_accumulation_steps * layout.world_size,
+                 args.per_device_train_batch_size, args.gradient_accumulation_steps, layout.world_size,
+                 args.per_device_train_batch_size * args.gradient_accumulation_steps * layout.world_size
+                 // args.num_generations, args.num_generations)
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(args.output_dir)  # the final model goes into checkpoints/ itself
         trainer.save_state()

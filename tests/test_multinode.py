@@ -257,3 +257,48 @@ def test_two_node_evaluation_equals_one_process(bench, tiny_latent, tmp_path, on
     assert answered[0] | answered[1] == {r["index"] for r in read_results(output)} - {0, 1}
     assert skipped[0] | skipped[1] == {5, 6, 12}
     assert all(i % 2 == rank for rank in (0, 1) for i in answered[rank] | skipped[rank])  # i mod world size
+
+
+RL_PROBE = '''
+import json, os
+from pathlib import Path
+
+
+def record_prompts(completions, source, **kwargs):
+    """Writes which prompts this rank scored; rewards 1, 0, 1, 0, ... (no advantage is 0)."""
+    path = Path(os.environ["FOURDRL_PROBE_DIR"]) / f"rank{os.environ['RANK']}.jsonl"
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"sources": list(source), "node": os.environ.get("GROUP_RANK")}) + "\\n")
+    return [float(i % 2 == 0) for i in range(len(completions))]
+'''
+
+
+@pytest.mark.slow
+def test_two_node_fourdrl_ranks_get_disjoint_prompts(tiny_latent, tmp_path):
+    """fourdrl/train_cpu.sh on two nodes (one process each, ZeRO-2 over gloo): 2 GRPO steps; each step
+    the two ranks, on different nodes, score disjoint prompts (G copies of one each); one checkpoint."""
+    from scripts.make_demo_rl_data import write_demo_rl_data
+
+    data = write_demo_rl_data(tmp_path / "rl", num_samples=4, num_frames=2, size=56)
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "rl_probe.py").write_text(RL_PROBE)
+    env = {"MODEL": str(tiny_latent), "DATA": str(data), "OUTPUT_DIR": str(tmp_path), "EXP_NAME": "two_nodes",
+           "PROMPTS_PER_DEVICE": "1", "NUM_GENERATIONS": "2", "MAX_COMPLETION_LENGTH": "8", "SAVE_STEPS": "2",
+           "FOURDRL_PROBE_DIR": str(tmp_path / "probe"), "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    flags = ["--max_steps", "2", "--reward_funcs", "rl_probe.record_prompts", "--reward_weights", "1.0",
+             "--no_gradient_checkpointing", "--max_frames", "2"]
+    outputs = run_two_nodes("fourdrl/train_cpu.sh", flags, env)
+    for rank, out in enumerate(outputs):
+        assert f"[fourdrl/train.sh] torchrun, node {rank} of 2 (rendezvous 127.0.0.1:" in out
+    log_text = (tmp_path / "two_nodes" / "logs" / "train.log").read_text()
+    assert ("world size 2: 2 node(s) x 1 process(es) per node; rank 0 = node 0, local rank 0; "
+            "global batch 4 completions = 2 per process x 1 accumulation x 2 processes (2 prompts x G 2)") in log_text
+    seen = [[json.loads(line) for line in (tmp_path / "probe" / f"rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2
+    for a, b in zip(*seen):
+        assert (a["node"], b["node"]) == ("0", "1")
+        assert len(set(a["sources"])) == len(set(b["sources"])) == 1 and set(a["sources"]).isdisjoint(b["sources"])
+    final = tmp_path / "two_nodes" / "checkpoints"
+    assert [e["step"] for e in json.loads((final / "trainer_state.json").read_text())["log_history"] if "loss" in e] == [1, 2]
+    assert len(list(final.glob("*.safetensors"))) == 1 and (final / "checkpoint-2" / "checkpoint_complete.json").is_file()

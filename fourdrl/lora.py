@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
-import sys
+import shutil
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
 
 from dift.core.checkpoint import load_latent_model, load_processor
+from dift.core.cli import require_path, run_cli
+from dift.core.logs import setup_logging
 from dift.core.tokens import LatentCheckpointError, LatentTokenIds
 
 log = logging.getLogger(__name__)
@@ -61,29 +64,36 @@ def merge_lora_checkpoint(adapter_dir: str | Path, out_dir: str | Path, base: st
         raise FileNotFoundError(f"{adapter_dir}: base model folder {base!r} not found (pass --base)")
     loaded = load_latent_model(base, dtype="auto")
     merged = PeftModel.from_pretrained(loaded.model, adapter_dir).merge_and_unload()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out_dir)
-    load_processor(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base).save_pretrained(out_dir)
+    # Written into a staging folder renamed into place at the end: `out_dir` is whole or absent.
+    if out_dir.exists():
+        raise FileExistsError(f"--out {out_dir} already exists (choose a new folder)")
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    merged.save_pretrained(staging)
+    load_processor(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base).save_pretrained(staging)
+    os.replace(staging, out_dir)
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fourdrl.lora`, with the project's exit codes (dift.core.cli)."""
     parser = argparse.ArgumentParser(prog="python -m fourdrl.lora", description="Merge a 4DRL LoRA checkpoint "
                                      "into a full checkpoint (for evaluation.dsr_eval and dift.inference).")
     parser.add_argument("--adapter", required=True, help="a LoRA checkpoint folder (adapter_config.json)")
     parser.add_argument("--out", required=True, help="folder for the merged checkpoint")
     parser.add_argument("--base", default=None, help="base (DIFT) checkpoint; default: the one the adapter names")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = merge_lora_checkpoint(args.adapter, args.out, args.base)
-    except (FileNotFoundError, LatentCheckpointError, ValueError) as err:
-        print(f"fourdrl.lora: {err}", file=sys.stderr)
-        return 1
-    log.info("merged checkpoint: %s", out)
-    return 0
+    args = parser.parse_args(argv)  # a bad flag: argparse's usage line and exit 2
+    setup_logging()
+
+    def run():
+        require_path("--adapter", args.adapter, "dir")
+        log.info("merged checkpoint: %s", merge_lora_checkpoint(args.adapter, args.out, args.base))
+
+    run_cli("python -m fourdrl.lora", run, interrupted="--out was not written (the merge writes it whole at the end): "
+            "rerun the same command", failures=lambda: (FileNotFoundError, FileExistsError, LatentCheckpointError,
+                                                        ValueError))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
-
+    main()

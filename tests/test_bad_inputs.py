@@ -301,6 +301,10 @@ CASES = [
     ("rl/all_skipped", "rl", replace(RL, "--data_path", "{rl_bad_letter}") + ["--skip_bad_records"], 1,
      "no usable RL records"),
     ("rl/model_without_latent_tokens", "rl", replace(RL, "--model_name_or_path", "{base}"), 1, "latent tokens"),
+    # ---- python -m fourdrl.lora
+    ("lora/no_flags", "lora", [], 2, "--adapter"),
+    ("lora/adapter_missing", "lora", ["--adapter", "{root}/none", "--out", "{out}/m"], 2, "--adapter"),
+    ("lora/not_an_adapter", "lora", ["--adapter", "{model}", "--out", "{out}/m"], 1, "not a LoRA checkpoint"),
     ("rl/model_without_weights", "rl", replace(RL, "--model_name_or_path", "{no_weights}"), 1, "no_weights"),
 ]
 
@@ -331,10 +335,11 @@ def fill(argv: list[str], ws: dict) -> list[str]:
 def run_python(command: str, argv: list[str], capsys) -> tuple[int, str]:
     from dift import inference, train
     from evaluation import dsr_eval, rescore
+    from fourdrl import lora
     from fourdrl import train as rl_train
 
     cli = {"train": train.cli, "infer": inference.cli, "eval": dsr_eval.cli, "rescore": rescore.cli,
-           "rl": rl_train.cli}[command]
+           "rl": rl_train.cli, "lora": lora.main}[command]
     with pytest.raises(SystemExit) as exit_info:
         cli(argv)
     captured = capsys.readouterr()

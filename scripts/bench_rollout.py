@@ -9,7 +9,8 @@ The RL prompt shape: each prompt a 16-frame video with its longer side 448 pixel
 a multiple-choice question; sampling as 4DRL samples (temperature 1.0, top-p 0.9, top-k off, every
 row its own seed, log-probs on). First both ways run at the full length and must give identical
 tokens (checked, not assumed). Then, timed (best of `--repeats`; the machine may be shared):
-- vision encoding + prefill: generation with one new token, both ways -> `prefill_speedup=<x>`;
+- vision encoding + prefill: generation of one greedy token without log-probs, both ways
+  -> `prefill_speedup=<x>`;
 - the whole rollout at `--max_new_tokens`, both ways, with the decode share of each
   -> `rollout_speedup=<x>` (the last line).
 """
@@ -50,9 +51,9 @@ def rl_prompts(processor, n: int, frames: int, side: int) -> tuple[list[str], li
     return texts, visuals
 
 
-def rollout(loaded, inputs, sampling: SamplingConfig, seeds: list[int], group: int):
+def rollout(loaded, inputs, sampling: SamplingConfig, seeds: list[int], group: int, logprobs: bool = True):
     return generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size, sampling,
-                                 seeds=seeds, group_size=group, return_logprobs=True)
+                                 seeds=seeds, group_size=group, return_logprobs=logprobs)
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
         seeds = list(range(args.prompts * g))
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_p=0.9,
                                   top_k=0, repetition_penalty=1.0)
-        one_token = dataclasses.replace(sampling, max_new_tokens=1)
+        # Vision encoding + prefill alone: one greedy token without log-probs (an argmax, where a sampled
+        # first token would add a top-p pass over the vocabulary of every row, the same both ways).
+        one_token = dataclasses.replace(sampling, max_new_tokens=1, do_sample=False)
         vision_tokens = int(shared["video_grid_thw"].prod(dim=-1).sum()) // 4
         print(f"{args.prompts} prompts x G {g}, {args.frames} frames of {args.side} px longer side "
               f"({vision_tokens // args.prompts} vision tokens, {shared['input_ids'].shape[1]} prompt tokens each), "
@@ -107,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         lp = max((x.logprobs - y.logprobs).abs().max().item() for x, y in zip(a, b))
         print(f"identical tokens: {sum(len(r.token_ids) for r in a)} in {len(a)} rows; max |log-prob diff| {lp:.2e}")
 
-        prefill_shared = best_seconds(lambda: rollout(loaded, shared, one_token, seeds, g), args.repeats)
-        prefill_separate = best_seconds(lambda: rollout(loaded, separate, one_token, seeds, 1), args.repeats)
+        prefill_shared = best_seconds(lambda: rollout(loaded, shared, one_token, seeds, g, False), args.repeats)
+        prefill_separate = best_seconds(lambda: rollout(loaded, separate, one_token, seeds, 1, False), args.repeats)
         print(f"vision encoding + prefill: shared {prefill_shared:.2f} s, separate {prefill_separate:.2f} s")
         print(f"prefill_speedup={prefill_separate / prefill_shared:.2f}")
         full_shared = best_seconds(lambda: rollout(loaded, shared, sampling, seeds, g), args.repeats)

@@ -147,8 +147,10 @@ def parse_record(record, source: str, folder: Path, cache: FrameCache, max_frame
 
 
 def read_rl_records(paths, skip_bad_records: bool = False, max_frames: int = RL_MAX_FRAMES,
-                    cache: FrameCache | None = None, progress: bool = True) -> list[RLRecord]:
-    """Every usable record of the RL JSONL file(s), in file order."""
+                    cache: FrameCache | None = None, progress: bool = True,
+                    max_skip_fraction: float = 1.0) -> list[RLRecord]:
+    """Every usable record of the RL JSONL file(s), in file order. With `skip_bad_records`, skipping
+    more than `max_skip_fraction` of the records (default: all of them) is an `RLDataError`."""
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     cache = cache or FrameCache()
@@ -157,15 +159,17 @@ def read_rl_records(paths, skip_bad_records: bool = False, max_frames: int = RL_
     bad: list[str] = []
     for path in split_data_paths(paths):
         folder = path.resolve().parent
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line_number, line in enumerate(tqdm(fh, desc=f"reading {path.name}", unit=" records",
+        with open(path, "rb") as fh:
+            for line_number, data in enumerate(tqdm(fh, desc=f"reading {path.name}", unit=" records",
                                                     disable=not progress, leave=False), start=1):
-                if not line.strip():
+                if not data.strip():
                     continue
                 source = f"{path}:{line_number}"
                 try:
                     try:
-                        raw = json.loads(line)
+                        raw = json.loads(data.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise _BadRecord("not UTF-8", "not UTF-8 text") from None
                     except json.JSONDecodeError as err:
                         raise _BadRecord("not JSON", f"not valid JSON ({err.msg})") from None
                     records.append(parse_record(raw, source, folder, cache, max_frames))
@@ -182,6 +186,10 @@ def read_rl_records(paths, skip_bad_records: bool = False, max_frames: int = RL_
                     sum(skipped.values()) + len(records), kinds, bad[0])
     if not records:
         raise RLDataError(f"{paths}: no usable RL records")
+    total = len(records) + sum(skipped.values())
+    if sum(skipped.values()) > max_skip_fraction * total:
+        raise RLDataError(f"{paths}: {sum(skipped.values())} of {total} records skipped, more than "
+                          f"--max_skip_fraction {max_skip_fraction} (first: {bad[0]})")
     log.info("RL data: %d records (%d from video files decoded now, %d from the frame cache)", len(records),
              cache.decoded, cache.hits)
     return records

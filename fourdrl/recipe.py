@@ -41,8 +41,15 @@ class RLScriptArguments:
                 "weights in --reward_weights"})
     skip_bad_records: bool = field(default=False, metadata={
         "help": "skip unusable records (counted and reported) instead of stopping at the first with file:line"})
+    max_skip_fraction: float = field(default=1.0, metadata={
+        "help": "with --skip_bad_records: fail when more than this fraction of the records is skipped "
+                "(1.0: only when every one is)"})
     frame_cache: str | None = field(default=None, metadata={
         "help": "where frames of video_path records are extracted (default $FOURDTHINKER_FRAME_CACHE or the temp folder)"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
 
 
 def make_parser():
@@ -128,6 +135,7 @@ def train(script_args: RLScriptArguments, args: FourDRLConfig, model_args: Model
         with args.main_process_first(desc="reading the RL data"):  # rank 0 extracts video frames first
             records = read_rl_records(script_args.data_path, skip_bad_records=script_args.skip_bad_records,
                                       max_frames=args.max_frames, cache=FrameCache(script_args.frame_cache),
+                                      max_skip_fraction=script_args.max_skip_fraction,
                                       progress=show_progress(is_main))
         dtype = model_args.dtype if model_args.dtype not in (None, "auto") else (
             torch.bfloat16 if args.bf16 else torch.float32)

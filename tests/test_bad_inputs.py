@@ -122,6 +122,12 @@ def ws(tmp_path_factory, tiny_latent, tiny_base, demo_data):
     w["rl_missing_frame"] = _write(rl.parent / "missing_frame.jsonl", json.dumps(
         {**rl_good, "frame_paths": ["nope/frame.jpg"]}) + "\n")
     w["rl_array"] = _write(rl.parent / "array.jsonl", "[1, 2]\n")
+    w["rl_not_utf8"] = rl.parent / "latin1.jsonl"
+    w["rl_not_utf8"].write_bytes(json.dumps({**rl_good, "Question": "QQ"}).replace("QQ", "caf\\u00e9").encode()
+                                 + b"\n" + json.dumps(rl_good).replace(rl_good["Question"], "x").encode()[:-2]
+                                 + b'\xe9"}\n')
+    w["rl_half_bad"] = _write(rl.parent / "half_bad.jsonl", json.dumps(rl_good) + "\n"
+                              + json.dumps({**rl_good, "Correct": "F"}) + "\n")
     w["rl_empty"] = _write(rl.parent / "empty.jsonl", "")
     w["rl_corrupt_video"] = _write(rl.parent / "corrupt_video.jsonl", json.dumps(
         {k: v for k, v in {**rl_good, "video_path": str(w["corrupt_video"])}.items() if k != "frame_paths"}) + "\n")
@@ -298,6 +304,10 @@ CASES = [
     ("rl/array_line", "rl", replace(RL, "--data_path", "{rl_array}"), 1, "array.jsonl:1"),
     ("rl/empty_data", "rl", replace(RL, "--data_path", "{rl_empty}"), 1, "no usable RL records"),
     ("rl/corrupt_video", "rl", replace(RL, "--data_path", "{rl_corrupt_video}"), 1, "corrupt_video.jsonl:1"),
+    ("rl/not_utf8", "rl", replace(RL, "--data_path", "{rl_not_utf8}"), 1, "latin1.jsonl:2: not UTF-8"),
+    ("rl/skip_fraction", "rl", replace(RL, "--data_path", "{rl_half_bad}") + ["--skip_bad_records",
+     "--max_skip_fraction", "0.3"], 1, "1 of 2 records skipped, more than --max_skip_fraction 0.3"),
+    ("rl/skip_fraction_range", "rl", RL + ["--max_skip_fraction", "2"], 2, "--max_skip_fraction must be in [0, 1]"),
     ("rl/all_skipped", "rl", replace(RL, "--data_path", "{rl_bad_letter}") + ["--skip_bad_records"], 1,
      "no usable RL records"),
     ("rl/model_without_latent_tokens", "rl", replace(RL, "--model_name_or_path", "{base}"), 1, "latent tokens"),

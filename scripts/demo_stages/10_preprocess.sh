@@ -2,14 +2,14 @@
 # Demo stage: the data engine end to end on synthetic SpatialVID clips, with a tiny random SAM3 and
 # the loopback OpenAI-compatible LLM server. Leaves the DIFT training data at
 # $WORK/engine/dift_data.jsonl (read by the DIFT stage) and the RL data at $WORK/engine/rl_data.jsonl.
-# Env from demo.sh: PY, WORK.
+# Env from demo.sh: PY, WORK; DEMO_CLIPS = synthetic clips (default 4).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ENGINE="$WORK/engine"
 SRC="$WORK/spatialvid"
 SAM3="$WORK/tiny-sam3"
 
-"$PY" scripts/make_demo_spatialvid.py --out "$SRC" --num_clips 4 --seed 0
+"$PY" scripts/make_demo_spatialvid.py --out "$SRC" --num_clips "${DEMO_CLIPS:-4}" --seed 0
 [[ -f "$SAM3/config.json" ]] || "$PY" scripts/build_tiny_sam3.py --out "$SAM3"
 
 # A fresh engine folder each demo run (rerunning run.sh on the same folder resumes instead).
@@ -28,4 +28,4 @@ PY="$PY" WORKERS=4 SEED=0 SCORE_THRESHOLD=0 bash preprocess/run.sh "$SRC" "$ENGI
 
 n=$(wc -l < "$ENGINE/dift_data.jsonl")
 echo "data engine: $n DIFT records in $ENGINE/dift_data.jsonl, $(wc -l < "$ENGINE/rl_data.jsonl") RL records in $ENGINE/rl_data.jsonl"
-[[ "$n" -ge 4 ]] || { echo "expected at least 4 DIFT records" >&2; exit 1; }
+[[ "$n" -ge 1 ]] || { echo "the data engine wrote no DIFT record" >&2; exit 1; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Demo stage: 4DRL (GRPO with latent imagery) from the demo's DIFT checkpoint on the data engine's RL
-# records, a few optimizer steps on CPU, single process (python -m fourdrl.train; about half a minute).
+# records, RL_STEPS (default 2) optimizer steps on CPU, single process (python -m fourdrl.train).
 # RL_DEMO_DISTRIBUTED=1 runs the 2-process torchrun + DeepSpeed ZeRO-2 recipe (fourdrl/train_cpu.sh) instead.
 # Env from demo.sh: PY, WORK; DIFT_MODEL = the checkpoint to start from (default: a tiny latent
 # checkpoint built into $WORK/tiny-latent); RL_DATA = an rl_data.jsonl (default: the engine's, or a
@@ -18,9 +18,11 @@ OUT="$WORK/rl_out"
 EXP=rl_demo
 rm -rf "$OUT/${EXP:?}"  # a fresh run each demo (a rerun on the same folder would resume instead)
 
-# Demo scale: 2 prompts x G 4 completions per step, 4 frames, 24 new tokens, 3 steps, a checkpoint every 2; the
-# tiny random model learns nothing meaningful, so its rewards are noise. The real recipe is fourdrl/train.sh.
-FLAGS=(--max_steps 3 --save_steps 2 --max_frames 4 --max_completion_length 24 --learning_rate 1e-4)
+# Demo scale: 2 prompts x G 4 completions per step, 4 frames, a checkpoint every 2 steps. Completions are cut at
+# 24 tokens, before any </answer> (the engine's CoT answers take 83-138 tokens; the table's "clipped" is the
+# fraction cut): the format reward is then 0 and the accuracy reward scores the first capital letter in
+# the text. A random-weight model's rewards are noise, not results. The real recipe is fourdrl/train.sh.
+FLAGS=(--max_steps "${RL_STEPS:-2}" --save_steps 2 --max_frames 4 --max_completion_length 24 --learning_rate 1e-4)
 if [[ "${RL_DEMO_DISTRIBUTED:-0}" = 1 ]]; then
   MODEL="$MODEL" DATA="$DATA" OUTPUT_DIR="$OUT" EXP_NAME="$EXP" PROMPTS_PER_DEVICE=1 NUM_GENERATIONS=4 \
     bash fourdrl/train_cpu.sh "${FLAGS[@]}"

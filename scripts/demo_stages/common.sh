@@ -1,5 +1,5 @@
 # Sourced by every demo stage: the repository root as working folder, PY and WORK (from demo.sh,
-# or their defaults when a stage runs alone), and the checkpoint the later stages ask.
+# or their defaults when a stage runs alone), and the checkpoints the later stages start from or ask.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
@@ -12,4 +12,9 @@ dift_model() {
     "$PY" scripts/build_tiny_model.py --out "$model" --latent >&2
   fi
   echo "$model"
+}
+
+# The checkpoint inference and evaluation ask: $CHECKPOINT if set (demo.sh: the 4DRL one), else dift_model.
+asked_model() {
+  if [[ -n "${CHECKPOINT:-}" ]]; then echo "$CHECKPOINT"; else dift_model; fi
 }

@@ -34,6 +34,9 @@ export FOURDTHINKER_FRAME_CACHE="$WORK/frame_cache"
 export TOKENIZERS_PARALLELISM=false
 export DEMO_CLIPS="${DEMO_CLIPS:-4}" DIFT_STEPS="${DIFT_STEPS:-6}" RL_STEPS="${RL_STEPS:-2}"
 export EVAL_PER_TYPE="${EVAL_PER_TYPE:-2}" EVAL_MAX_NEW_TOKENS="${EVAL_MAX_NEW_TOKENS:-160}"
+for var in DEMO_CLIPS DIFT_STEPS RL_STEPS EVAL_PER_TYPE EVAL_MAX_NEW_TOKENS; do
+  [[ "${!var}" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: $var must be a positive integer, got '${!var}'" >&2; exit 2; }
+done
 mkdir -p "$WORK"
 LOG="$WORK/demo_stages.jsonl"
 rm -f "$LOG"

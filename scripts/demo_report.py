@@ -12,7 +12,8 @@ output path, so the table shows what ran, not what was expected:
     dift         first -> last logged loss (and CE loss, latent cosine similarity) from trainer_state.json
     fourdrl      the last logged step's reward, KL, replay max |log-prob diff|, latent blocks per completion
                  and the fraction of completions cut at the length limit
-    inference    each answer's letter and text length (answer_*.txt, as dift.inference printed them)
+    inference    each answer's letter, whether the text has an <answer> tag (else the letter is the first
+                 capital letter anywhere), and its length (answer_*.txt, as dift.inference printed them)
     evaluation   accuracy beside the chance and always-the-most-common-letter baselines, how many
                  outputs had a letter and how many reached <answer>...</answer>, the rescored accuracy
 
@@ -72,7 +73,9 @@ def _g(value) -> str:
 
 
 def _percent(value) -> str:
-    return "n/a" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "n/a"
+    return f"{100 * value:.1f}%"
 
 
 # ---- key figures, one per stage kind ------------------------------------------------------------
@@ -138,7 +141,7 @@ def dift_figure(path: Path) -> str:
 
 
 FOURDRL_COLUMNS = (("reward", "reward"), ("kl", "kl"), ("replay max diff", "replay/max_abs_logprob_diff"),
-                   ("latent blocks", "completions/latent_blocks_mean"), ("clipped", "completions/clipped_ratio"))
+                   ("latent blocks", "completions/latent_blocks_mean"))
 
 
 def fourdrl_figure(path: Path) -> str:
@@ -146,7 +149,8 @@ def fourdrl_figure(path: Path) -> str:
     if not steps:
         raise ReportError("no reward logged in trainer_state.json")
     last = steps[-1]
-    return f"step {last.get('step', '?')}: " + ", ".join(f"{label} {_g(last.get(key))}" for label, key in FOURDRL_COLUMNS)
+    return (f"step {last.get('step', '?')}: " + ", ".join(f"{label} {_g(last.get(key))}" for label, key in FOURDRL_COLUMNS)
+            + f", clipped {_percent(last.get('completions/clipped_ratio'))}")
 
 
 def _answer_file(path: Path) -> tuple[str, str]:
@@ -161,10 +165,13 @@ def inference_figure(path: Path) -> str:
     files = sorted(path.glob("answer_*.txt"), key=lambda p: (p.stat().st_mtime, p.name))  # in the order written
     if not files:
         raise ReportError("missing answer_*.txt")
+    from dift.core.extraction import answer_tag_text
+
     parts = []
     for file in files:
         letter, text = _answer_file(file)
-        parts.append(f"{file.stem.removeprefix('answer_')}: {letter} ({len(text)} chars)")
+        tag = "in <answer>" if answer_tag_text(text) is not None else "no <answer>"
+        parts.append(f"{file.stem.removeprefix('answer_')}: {letter} ({tag}, {len(text)} chars)")
     return ", ".join(parts)
 
 

@@ -43,7 +43,7 @@ DIFT_HISTORY = [  # as dift.trainer logs: its own metrics every logging step, HF
 RL_HISTORY = [
     {"step": 1, "reward": 0.25, "kl": 0.0, "replay/max_abs_logprob_diff": 1.9e-06, "completions/latent_blocks_mean": 0},
     {"step": 2, "reward": 0.125, "kl": 2.258e-05, "replay/max_abs_logprob_diff": 3.5e-06,
-     "completions/latent_blocks_mean": 0.5},
+     "completions/latent_blocks_mean": 0.5, "completions/clipped_ratio": 0.75},
     {"step": 2, "train_runtime": 87.0, "train_loss": 1e-07},
 ]
 
@@ -111,8 +111,9 @@ def test_the_table_measures_every_stage_from_its_outputs(tmp_path, tiny_base, ca
     assert rows[1][2] == "5 DIFT + 3 RL records from 2 clips"
     # HF's loss over the steps it was logged (2 and 6), the trainer's CE and latent cosine (0 to 4)
     assert rows[2][2] == "loss 1.588 -> 1.269, ce 11.95 -> 7.25, latent cos 0.566 -> 0.9064 (steps 0-6)"
-    assert rows[3][2] == "step 2: reward 0.125, kl 2.258e-05, replay max diff 3.5e-06, latent blocks 0.5"
-    assert rows[4][2] == "sampled: B (36 chars), greedy: (none) (18 chars)"
+    assert rows[3][2] == ("step 2: reward 0.125, kl 2.258e-05, replay max diff 3.5e-06, latent blocks 0.5, "
+                          "clipped 75.0%")
+    assert rows[4][2] == "sampled: B (in <answer>, 36 chars), greedy: (none) (no <answer>, 18 chars)"
     # 1/4 right; chance 25%, always 'A' 3/4; letters in 2 outputs, one <answer> tag; rescored 2/4
     assert rows[5][2] == ("acc 25.0% (1/4) [chance 25.0%, always 'A' 75.0%]; letter in 2/4, <answer> in 1/4; "
                           "rescored 50.0%")
@@ -124,7 +125,7 @@ def test_the_inference_answers_are_listed_in_the_order_written(tmp_path):
     for name, stamp in (("zeta", 100), ("alpha", 200)):
         (folder / f"answer_{name}.txt").write_text(f"text of {name}\nAnswer: C\n")
         os.utime(folder / f"answer_{name}.txt", (stamp, stamp))
-    assert R.key_figure("inference", folder) == "zeta: C (12 chars), alpha: C (13 chars)"
+    assert R.key_figure("inference", folder) == "zeta: C (no <answer>, 12 chars), alpha: C (no <answer>, 13 chars)"
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -216,3 +217,12 @@ def test_demo_sh_records_every_stage_kind_and_calls_existing_stages():
     for script in re.findall(r"scripts/demo_stages/\w+\.sh", demo):
         assert (ROOT / script).is_file(), script
     assert "25_fourdrl.sh" in demo
+
+
+@pytest.mark.parametrize("var, value", [("DEMO_CLIPS", "0"), ("EVAL_MAX_NEW_TOKENS", "many")])
+def test_demo_sh_refuses_a_bad_scale_before_running_anything(tmp_path, var, value):
+    env = {**os.environ, "DEMO_SETUP": "0", "DEMO_DIR": str(tmp_path / "demo"), var: value}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr == f"demo.sh: {var} must be a positive integer, got '{value}'\n"
+    assert not (tmp_path / "demo").exists()

@@ -109,7 +109,7 @@ def test_decord_is_tried_first_when_installed(video):
 
 @pytest.fixture(scope="module")
 def demo_videos(tmp_path_factory):
-    """The demo benchmark's videos (8 frames at 4 fps, as scripts/demo.sh makes them), the bench
+    """The demo benchmark's videos (8 frames at 1 fps, as scripts/demo.sh makes them), the bench
     script's (16 at 4 fps), and rates where the 1 fps rule drops and clamps (95 at 30 fps, 7 at 3 fps)."""
     root = tmp_path_factory.mktemp("demo")
     videos = sorted((build_benchmark(root / "demo", per_type=1) / "videos").glob("*.mp4"))[:3]

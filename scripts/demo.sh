@@ -4,7 +4,7 @@
 #   1. tiny checkpoint: a random-weight Qwen2.5-VL (real tokenizer, chat template, processor)
 #   2. data engine: synthetic SpatialVID clips -> frames, objects (loopback LLM), masks (tiny SAM3),
 #      camera/object-motion QA with CoT -> DIFT and RL training JSONL
-#   3. DIFT on the engine's DIFT records (its loss falls as the CoT template is memorised)
+#   3. DIFT on the engine's DIFT records (a few steps: the table shows how far the losses moved)
 #   4. 4DRL (GRPO with latent imagery) from the DIFT checkpoint on the engine's RL records
 #   5. inference: one question about one video, asked to the 4DRL checkpoint
 #   6. evaluation: DSR-format synthetic benchmark (13 sub-tasks), batched eval + rescore of the

@@ -267,6 +267,14 @@ def read_log(log: Path) -> list[dict]:
     return records
 
 
+def _shown(path: str) -> str:
+    """A path under the working folder relative to it (demo.sh runs from the repository root)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path
+
+
 def table_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
     rows = []
     for number, record in enumerate(records, 1):
@@ -275,7 +283,7 @@ def table_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
         if status != "ok":
             figure = f"{status.upper()}; {figure}"
         rows.append((f"{number}. {STAGE_TITLES.get(record['kind'], record['kind'])}",
-                     f"{record['end'] - record['start']:.1f}", figure, record["output"]))
+                     f"{record['end'] - record['start']:.1f}", figure, _shown(record["output"])))
     total = max(r["end"] for r in records) - min(r["start"] for r in records)
     rows.append(("total", f"{total:.1f}", "", ""))
     return rows

@@ -175,12 +175,14 @@ def test_broken_outputs_read_n_a_with_the_reason(tmp_path):
     assert R.key_figure("checkpoint", ckpt) == "n/a (bad safetensors header in model.safetensors)"
 
 
-def test_a_failed_stage_is_marked_and_the_total_still_printed(tmp_path, capsys):
+def test_a_failed_stage_is_marked_and_the_total_still_printed(tmp_path, capsys, monkeypatch):
     log = tmp_path / "log.jsonl"
-    engine = tmp_path / "engine"
+    engine = tmp_path / "demo" / "engine"
     R.append_record(log, "data_engine", "10,25", "12,75", str(engine), status="failed (exit 1)")  # a comma locale
+    monkeypatch.chdir(tmp_path)
     rows = _table(log, capsys)
     assert rows[0][:2] == ["1. data engine", "2.5"]
+    assert rows[0][3] == "demo/engine"  # relative to the working folder, as demo.sh runs from the root
     assert rows[0][2] == "FAILED (EXIT 1); n/a (missing dift_data.jsonl)"
     assert rows[-1][:2] == ["total", "2.5"]
 

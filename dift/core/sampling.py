@@ -24,6 +24,7 @@ import torch
 
 NUCLEUS_CANDIDATES = 1024  # top-p looks for the nucleus among this many most likely tokens first
 LOW_BITS = 16  # the second histogram resolves the low 16 bits of float32; the first the 15 above
+ONE_HIGH = 0x3F80  # the high field of 1.0: probabilities in [0, 1] have 0x3F80 + 1 high fields
 CPU_ROWS_PER_CHUNK = 8  # on CPU, rows are processed 8 at a time: (8, vocabulary) temporaries stay
 # under glibc's mmap threshold (32 MB), so they reuse heap memory instead of page-faulting fresh
 # pages every operation (3-10x faster at 64 x 151,936); on an accelerator the whole batch at once.
@@ -54,30 +55,31 @@ def _first_bin_reaching(bins: torch.Tensor, weights: torch.Tensor, n_bins: int, 
     hist.index_add_(0, (bins + offsets).view(-1), weights.view(-1))
     running = hist.view(rows, n_bins).cumsum(dim=-1) + base[:, None]  # non-decreasing, even rounded
     first = (running < top_p).sum(dim=-1).clamp_(max=n_bins - 1)
-    before = torch.cat([base[:, None], running[:, :-1]], dim=-1).gather(-1, first[:, None])[:, 0]
-    return first, before
+    before = running.gather(-1, (first - 1).clamp(min=0)[:, None])[:, 0]
+    return first, torch.where(first > 0, before, base)
 
 
 def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Each row's nucleus threshold (B,) float32: the largest value v among its probabilities with
-    mass(probs >= v) >= top_p (0 if the whole row sums below top_p in float64).
+    """Each row's nucleus threshold (B,) float32: the largest value v among its probabilities (B, V)
+    float32 in [0, 1] with mass(probs >= v) >= top_p (0 if the whole row sums below top_p in float64).
 
     Radix select on the float bits (see the module docstring); no sort, no host synchronisation.
     """
-    # For non-negative floats the order of the bits as integers is the order of the values, so the
-    # inverted bits count down from the most likely: their high and low fields are bins in that order.
-    descending = ~probs.contiguous().view(torch.int32)
-    n_low, n_high = 1 << LOW_BITS, 1 << (31 - LOW_BITS)
+    # For non-negative floats the order of the bits as integers is the order of the values: bins
+    # numbered down from the most likely are 1.0's high field - the high field, and ~low field.
+    keys = probs.contiguous().view(torch.int32)
+    n_low, n_high = 1 << LOW_BITS, ONE_HIGH + 1
     # 1. The bin of the high bits that holds the threshold: the first whose running mass reaches top_p.
-    high_bins = (descending >> LOW_BITS) & (n_high - 1)
+    high_bins = ONE_HIGH - (keys >> LOW_BITS)
     no_mass = probs.new_zeros(len(probs), dtype=torch.float64)
     high, above = _first_bin_reaching(high_bins, probs.double(), n_high, top_p, no_mass)
     # 2. Within that bin the same on the low bits, counting the mass of the bins before it.
     # (Masks multiply here and below: exact, and ~3x faster than masked_fill on CPU.)
     in_bin = high_bins == high[:, None].to(high_bins.dtype)
-    low, _ = _first_bin_reaching(descending & (n_low - 1), (probs * in_bin).double(), n_low, top_p, above)
+    low, _ = _first_bin_reaching(~keys & (n_low - 1), (probs * in_bin).double(), n_low, top_p, above)
     # (When rounding puts the bin's own total below top_p, `low` is its last, smallest value: the whole bin is kept.)
-    return (~((high << LOW_BITS) | low).to(torch.int32) & 0x7FFFFFFF).view(torch.float32)
+    key = ((ONE_HIGH - high) << LOW_BITS) | (n_low - 1 - low)
+    return key.to(torch.int32).view(torch.float32)
 
 
 def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

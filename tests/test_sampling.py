@@ -140,6 +140,15 @@ def test_a_row_depends_on_its_own_scores_and_uniform_only():
     assert batched == alone
 
 
+def test_a_row_of_nan_scores_does_not_stop_the_batch():
+    scores = random_rows(VOCAB)
+    scores[1] = float("nan")
+    uniforms = torch.full((4,), 0.5)
+    tokens = sample_from_scores(scores, uniforms, 0.9)
+    assert 0 <= tokens[1] < VOCAB
+    assert tokens[[0, 2, 3]].tolist() == sample_from_scores(scores[[0, 2, 3]], uniforms[:3], 0.9).tolist()
+
+
 def test_a_one_token_nucleus_draws_as_the_sorted_rule():
     """Where the mapping cannot differ (the nucleus is the most likely token), the old rule's token."""
     scores = random_rows(VOCAB)[:1]

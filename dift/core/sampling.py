@@ -2,20 +2,24 @@
 from a pre-drawn uniform. Pure tensor functions; `dift.core.generation` applies them in this order:
 penalty, temperature, top-k, top-p.
 
-Top-p without sorting the vocabulary. The nucleus of a row is every token whose probability is at
-least the row's threshold t: the probability of the least likely token of the smallest set of most
-likely tokens whose mass reaches top_p. Equivalently, t is the largest probability value v with
-mass(p >= v) >= top_p. Tokens tied with the threshold are all kept (a sorted prefix would keep an
-arbitrary subset of them), so the nucleus depends on the probabilities alone, never on token order.
-Masses are float64 sums of the float32 probabilities. t is found by a radix select on the float bits:
-for non-negative floats, integer order of the bits is value order, so a per-row histogram of mass
-over the high 15 bits finds the bin that holds t, and a second one over the low 16 bits of the
-tokens in that bin finds t exactly. Two passes over the vocabulary instead of a sort (the old rule
-sorted all 151,936 entries of every row: 0.8 s of a 64-row decode step on one CPU thread).
+The nucleus (top-p) of a row is every token whose probability is at least the row's threshold t,
+the probability of the least likely token of the smallest set of most likely tokens whose mass
+reaches top_p; equivalently, t is the largest probability v with mass(p >= v) >= top_p. Masses are
+float64 sums of the float32 probabilities (summation order may move the boundary by a token only
+when a mass lies within ~1e-16 of top_p). Tokens tied with t are all kept, where a sorted prefix
+keeps whichever of them the sort puts first: the nucleus depends on the probabilities alone.
 
-The draw is by inverse CDF in vocabulary order over the nucleus: the token i whose cumulative kept
-probability (float32, token 0 first) is the first to exceed u * (kept mass). With top_p = 1 the
-nucleus is the whole vocabulary and this is the rule the loop always had.
+The draw is by inverse CDF in vocabulary order: the first token id whose running kept probability
+(float32, from id 0) exceeds u * the nucleus mass. With top_p = 1 that is the whole vocabulary, the
+rule the loop always had. (Upstream's TopPLogitsWarper sorts and draws in probability order: the
+same distribution, another token for a given u.)
+
+No sort of the vocabulary: a trained model's nucleus usually lies among the top NUCLEUS_CANDIDATES
+tokens (a partial selection finds t there); otherwise t comes from a radix select on the float bits
+(non-negative floats order as their bit patterns): a per-row histogram of mass over the high bits
+finds the bin holding t, a second over the low bits of that bin's tokens finds t exactly. Two
+passes over the vocabulary where the old sampler sorted all 151,936 entries of every row
+(`python scripts/bench_generate.py --only sampler`).
 """
 
 from __future__ import annotations
@@ -70,14 +74,14 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     keys = probs.contiguous().view(torch.int32)
     n_low, n_high = 1 << LOW_BITS, ONE_HIGH + 1
     # 1. The bin of the high bits that holds the threshold: the first whose running mass reaches top_p.
-    high_bins = ONE_HIGH - (keys >> LOW_BITS)
+    high_bins = (ONE_HIGH - (keys >> LOW_BITS)).clamp_(min=0)  # (NaN, from NaN scores: bin 0, not out of range)
     no_mass = probs.new_zeros(len(probs), dtype=torch.float64)
     high, above = _first_bin_reaching(high_bins, probs.double(), n_high, top_p, no_mass)
     # 2. Within that bin the same on the low bits, counting the mass of the bins before it.
     # (Masks multiply here and below: exact, and ~3x faster than masked_fill on CPU.)
     in_bin = high_bins == high[:, None].to(high_bins.dtype)
     low, _ = _first_bin_reaching(~keys & (n_low - 1), (probs * in_bin).double(), n_low, top_p, above)
-    # (When rounding puts the bin's own total below top_p, `low` is its last, smallest value: the whole bin is kept.)
+    # (If rounding puts the bin's own total below top_p, `low` is its last bin: the whole bin is kept.)
     key = ((ONE_HIGH - high) << LOW_BITS) | (n_low - 1 - low)
     return key.to(torch.int32).view(torch.float32)
 

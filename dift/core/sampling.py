@@ -48,6 +48,14 @@ def filter_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     return scores.masked_fill(scores < kth, float("-inf"))
 
 
+def _where_true(compare, a: torch.Tensor, b: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` where compare(a, b), else 0. The comparison writes its 0/1 straight into a float
+    tensor that then multiplies: exact, and ~4x faster on CPU than masked_fill, torch.where or a
+    product with a bool mask (each converts or copies the mask first)."""
+    mask = torch.empty_like(values)
+    return compare(a, b, out=mask).mul_(values)
+
+
 def _first_bin_reaching(bins: torch.Tensor, weights: torch.Tensor, n_bins: int, top_p: float,
                         base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the first bin at which `base` + the running weight of bins 0, 1, ... reaches top_p
@@ -78,9 +86,8 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     no_mass = probs.new_zeros(len(probs), dtype=torch.float64)
     high, above = _first_bin_reaching(high_bins, probs.double(), n_high, top_p, no_mass)
     # 2. Within that bin the same on the low bits, counting the mass of the bins before it.
-    # (Masks multiply here and below: exact, and ~3x faster than masked_fill on CPU.)
-    in_bin = high_bins == high[:, None].to(high_bins.dtype)
-    low, _ = _first_bin_reaching(~keys & (n_low - 1), (probs * in_bin).double(), n_low, top_p, above)
+    in_bin = _where_true(torch.eq, high_bins, high[:, None].to(high_bins.dtype), probs)
+    low, _ = _first_bin_reaching(~keys & (n_low - 1), in_bin.double(), n_low, top_p, above)
     # (If rounding puts the bin's own total below top_p, `low` is its last bin: the whole bin is kept.)
     key = ((ONE_HIGH - high) << LOW_BITS) | (n_low - 1 - low)
     return key.to(torch.int32).view(torch.float32)
@@ -99,12 +106,13 @@ def _draw_from_candidates(top: torch.Tensor, order: torch.Tensor, threshold: tor
     probabilities in vocabulary order give the cumulative sums of the whole row (zeros add nothing)."""
     ids, position = order.sort(dim=-1)
     kept = top.gather(-1, position)
-    kept = kept * (kept >= threshold[:, None])
+    kept = _where_true(torch.ge, kept, threshold[:, None], kept)
     return ids.gather(-1, _inverse_cdf(kept, uniforms)[:, None])[:, 0]
 
 
-def _sample_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: float) -> torch.Tensor:
+def _sample_nucleus(scores: torch.Tensor, uniforms: torch.Tensor, top_p: float) -> torch.Tensor:
     """`sample_from_scores` for top_p < 1 on a chunk of rows."""
+    probs = torch.softmax(scores.float(), dim=-1)
     n_candidates = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     from_candidates = None
     # A trained model's nucleus is usually small: when the top candidates (a partial selection, cheaper
@@ -120,7 +128,7 @@ def _sample_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: float) -
         from_candidates = _draw_from_candidates(top, order, threshold, uniforms)
         if bool(covered.all()):
             return from_candidates
-    kept = probs * (probs >= nucleus_threshold(probs, top_p)[:, None])
+    kept = _where_true(torch.ge, probs, nucleus_threshold(probs, top_p)[:, None], probs)
     tokens = _inverse_cdf(kept, uniforms)
     return tokens if from_candidates is None else torch.where(covered, from_candidates, tokens)
 
@@ -132,9 +140,8 @@ def sample_from_scores(scores: torch.Tensor, uniforms: torch.Tensor, top_p: floa
     `uniforms` (B,) in [0, 1) are drawn from each row's own generator, and a row's token depends on
     its own scores and uniform alone, so this batched draw picks exactly the token a one-row call would.
     """
-    probs = torch.softmax(scores.float(), dim=-1)
     if top_p >= 1.0:
-        return _inverse_cdf(probs, uniforms)
-    chunk = CPU_ROWS_PER_CHUNK if probs.device.type == "cpu" else max(len(probs), 1)
-    return torch.cat([_sample_nucleus(probs[start:start + chunk], uniforms[start:start + chunk], top_p)
-                      for start in range(0, len(probs), chunk)] or [uniforms.new_zeros(0, dtype=torch.long)])
+        return _inverse_cdf(torch.softmax(scores.float(), dim=-1), uniforms)
+    chunk = CPU_ROWS_PER_CHUNK if scores.device.type == "cpu" else max(len(scores), 1)
+    return torch.cat([_sample_nucleus(scores[start:start + chunk], uniforms[start:start + chunk], top_p)
+                      for start in range(0, len(scores), chunk)] or [uniforms.new_zeros(0, dtype=torch.long)])

@@ -147,6 +147,10 @@ def test_a_row_of_nan_scores_does_not_stop_the_batch():
     tokens = sample_from_scores(scores, uniforms, 0.9)
     assert 0 <= tokens[1] < VOCAB
     assert tokens[[0, 2, 3]].tolist() == sample_from_scores(scores[[0, 2, 3]], uniforms[:3], 0.9).tolist()
+    probs = torch.softmax(random_rows(VOCAB), dim=-1)
+    probs[1, ::2], probs[2, ::3] = float("nan"), -float("nan")  # either sign bit: bins of the row's own
+    threshold = nucleus_threshold(probs, 0.9)
+    assert threshold[[0, 3]].tolist() == nucleus_threshold(probs[[0, 3]], 0.9).tolist()
 
 
 def test_a_one_token_nucleus_draws_as_the_sorted_rule():

@@ -56,15 +56,14 @@ def _where_true(compare, a: torch.Tensor, b: torch.Tensor, values: torch.Tensor)
     return compare(a, b, out=mask).mul_(values)
 
 
-def _first_bin_reaching(bins: torch.Tensor, weights: torch.Tensor, n_bins: int, top_p: float,
+def _first_bin_reaching(index: torch.Tensor, weights: torch.Tensor, n_bins: int, top_p: float,
                         base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the first bin at which `base` + the running weight of bins 0, 1, ... reaches top_p
-    (the last bin if none does), and that running weight before it. `bins` (rows, V) int32 in
-    [0, n_bins), bin 0 the most likely values; `weights` (rows, V) float64; `base` (rows,) float64."""
-    rows = bins.shape[0]
-    offsets = torch.arange(rows, dtype=bins.dtype, device=bins.device)[:, None] * n_bins
-    hist = torch.zeros(rows * n_bins, dtype=torch.float64, device=bins.device)
-    hist.index_add_(0, (bins + offsets).view(-1), weights.view(-1))
+    (the last bin if none does), and that running weight before it. `index` (rows, V) int32: row r's
+    bin b is r * n_bins + b, bin 0 the most likely values; `weights` (rows, V) float64; `base` (rows,)."""
+    rows = len(index)
+    hist = torch.zeros(rows * n_bins, dtype=torch.float64, device=index.device)
+    hist.index_add_(0, index.view(-1), weights.view(-1))
     running = hist.view(rows, n_bins).cumsum(dim=-1) + base[:, None]  # non-decreasing, even rounded
     first = (running < top_p).sum(dim=-1).clamp_(max=n_bins - 1)
     before = running.gather(-1, (first - 1).clamp(min=0)[:, None])[:, 0]
@@ -78,16 +77,19 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     Radix select on the float bits (see the module docstring); no sort, no host synchronisation.
     """
     # For non-negative floats the order of the bits as integers is the order of the values: bins
-    # numbered down from the most likely are 1.0's high field - the high field, and ~low field.
+    # numbered down from the most likely are 1.0's high field - the high field, and 0xFFFF - the low.
     keys = probs.contiguous().view(torch.int32)
     n_low, n_high = 1 << LOW_BITS, ONE_HIGH + 1
+    row = torch.arange(len(probs), dtype=torch.int32, device=probs.device)[:, None]
     # 1. The bin of the high bits that holds the threshold: the first whose running mass reaches top_p.
-    high_bins = (ONE_HIGH - (keys >> LOW_BITS)).clamp_(min=0)  # (NaN, from NaN scores: bin 0, not out of range)
+    # (Clamped: NaN, from NaN scores, stays in its row's bins.)
+    high_index = (row * n_high + ONE_HIGH) - (keys >> LOW_BITS).clamp_(0, ONE_HIGH)
     no_mass = probs.new_zeros(len(probs), dtype=torch.float64)
-    high, above = _first_bin_reaching(high_bins, probs.double(), n_high, top_p, no_mass)
+    high, above = _first_bin_reaching(high_index, probs.double(), n_high, top_p, no_mass)
     # 2. Within that bin the same on the low bits, counting the mass of the bins before it.
-    in_bin = _where_true(torch.eq, high_bins, high[:, None].to(high_bins.dtype), probs)
-    low, _ = _first_bin_reaching(~keys & (n_low - 1), in_bin.double(), n_low, top_p, above)
+    in_bin = _where_true(torch.eq, high_index, row * n_high + high[:, None].to(row.dtype), probs)
+    low_index = (row * n_low + n_low - 1) - (keys & (n_low - 1))
+    low, _ = _first_bin_reaching(low_index, in_bin.double(), n_low, top_p, above)
     # (If rounding puts the bin's own total below top_p, `low` is its last bin: the whole bin is kept.)
     key = ((ONE_HIGH - high) << LOW_BITS) | (n_low - 1 - low)
     return key.to(torch.int32).view(torch.float32)

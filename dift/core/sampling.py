@@ -29,9 +29,10 @@ import torch
 NUCLEUS_CANDIDATES = 1024  # top-p looks for the nucleus among this many most likely tokens first
 LOW_BITS = 16  # the second histogram resolves the low 16 bits of float32; the first the 15 above
 ONE_HIGH = 0x3F80  # the high field of 1.0: probabilities in [0, 1] have 0x3F80 + 1 high fields
-CPU_ROWS_PER_CHUNK = 4  # on CPU, rows are processed 4 at a time: (4, vocabulary) temporaries stay in
-# cache and under glibc's mmap threshold (so no fresh pages to fault in at every operation): 3x faster
-# than 64 rows of 151,936 at once, as fast as 1 or 2 rows. On an accelerator the whole batch at once.
+CPU_ROWS_PER_CHUNK = 2  # on CPU, rows are processed 2 at a time: (2, vocabulary) temporaries stay in
+# cache and below glibc's mmap threshold (no fresh pages to fault in at every operation). At 64 x 151,936
+# on one thread, whole-batch operations were 3x slower, chunks of 4 or 8 rows 10-30% slower (and chunks
+# of 4 erratic, with the allocator's state). On an accelerator the whole batch at once.
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

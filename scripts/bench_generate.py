@@ -3,6 +3,7 @@ pattern), on the tiny random checkpoint, measured in the same run.
 
     python scripts/bench_generate.py [--prompts 16] [--max_new_tokens 64] [--repeats 3] [--threads N] [--logprobs]
     python scripts/bench_generate.py --preset 3b --batch_sizes 1,8,32 --prompts 32   # on a GPU, bf16
+    python scripts/bench_generate.py --only sampler --threads 1 --repeats 5   # top-p sampling alone
 
 The same video prompts are generated at batch sizes 1, 4, 8 and 16 (greedy, a fixed number of new
 tokens; the random model rarely emits <|im_end|>, so every row runs to max_new_tokens), without
@@ -32,6 +33,7 @@ from dift.core.checkpoint import load_latent_model  # noqa: E402
 from dift.core.conversation import question_with_options, render_generation_prompt  # noqa: E402
 from dift.core.generation import SamplingConfig, generate_with_latents  # noqa: E402
 from dift.core.inputs import encode_batch  # noqa: E402
+from dift.core.sampling import sample_from_scores  # noqa: E402
 from scripts.build_tiny_model import write_checkpoint  # noqa: E402
 from scripts.synthetic_media import DIRECTIONS, moving_square_frames  # noqa: E402
 
@@ -85,6 +87,49 @@ def time_upstream_generate(loaded, batches: list, sampling: SamplingConfig) -> t
     return time.perf_counter() - start, n_tokens
 
 
+def sample_from_scores_sorted(scores: torch.Tensor, uniforms: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The sampler before dift.core.sampling, kept as the baseline: the nucleus from the top 1,024
+    candidates, else from a sort of the whole vocabulary; inverse CDF in descending probability order."""
+    def draw(values, order, u):
+        kept = values.masked_fill(values.cumsum(dim=-1) - values >= top_p, 0.0)
+        cdf = kept.cumsum(dim=-1)
+        index = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
+        return order.gather(-1, index)[:, 0]
+
+    probs = torch.softmax(scores.float(), dim=-1)
+    top, order = probs.topk(min(1024, probs.shape[-1]), dim=-1)
+    covered = top.sum(dim=-1) >= top_p
+    tokens = torch.empty(len(probs), dtype=torch.long)
+    tokens[covered] = draw(top[covered], order[covered], uniforms[covered])
+    full, full_order = torch.sort(probs[~covered], dim=-1, descending=True)
+    tokens[~covered] = draw(full, full_order, uniforms[~covered])
+    return tokens
+
+
+def bench_sampler(repeats: int, rows: int = 64, vocab: int = 151936) -> None:
+    """Top-p sampling (SamplingConfig's default top_p, temperature 1.0) of rows x vocabulary scores:
+    dift.core.sampling's sort-free sampler against the sort-based one, best of `repeats` each,
+    interleaved. Wide: randn logits (a random model's nucleus: most of the vocabulary); peaked:
+    randn x 8 (a trained model's: the top candidates hold it). Last line: sampler_speedup=<x> (wide)."""
+    top_p = SamplingConfig().top_p
+    gen = torch.Generator().manual_seed(0)
+    uniforms = torch.rand(rows, generator=gen)
+    speedup = None
+    for name, scale in (("peaked", 8.0), ("wide", 1.0)):
+        scores = torch.randn(rows, vocab, generator=gen) * scale
+        best = {"sorted": float("inf"), "sort-free": float("inf")}
+        for _ in range(repeats):
+            for label, sampler in (("sorted", sample_from_scores_sorted), ("sort-free", sample_from_scores)):
+                start = time.perf_counter()
+                sampler(scores, uniforms, top_p)
+                best[label] = min(best[label], time.perf_counter() - start)
+        speedup = best["sorted"] / best["sort-free"]
+        print(f"sampler, {name} logits, {rows} x {vocab}, top_p {top_p}, {torch.get_num_threads()} threads, best of "
+              f"{repeats}: sorted {best['sorted'] * 1e3:.1f} ms, sort-free {best['sort-free'] * 1e3:.1f} ms, "
+              f"x{speedup:.2f}")
+    print(f"sampler_speedup={speedup:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -99,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--only", choices=["sampler"], default=None,
+                        help="sampler: only time top-p sampling of 64 x 151,936 scores (sort-free vs sorted)")
     args = parser.parse_args(argv)
     batch_sizes = sorted({1, *(int(b) for b in args.batch_sizes.split(","))})
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
@@ -107,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only == "sampler":
+        return bench_sampler(args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or write_checkpoint(Path(tmp) / "latent", preset=args.preset, seed=0, latent=True,

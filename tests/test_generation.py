@@ -14,16 +14,13 @@ from transformers import GenerationConfig
 from dift.core.checkpoint import load_latent_model
 from dift.core.conversation import render_generation_prompt
 from dift.core.generation import (
-    NUCLEUS_CANDIDATES,
     GenerationResult,
     Question,
     SamplingConfig,
     answer_questions,
     apply_repetition_penalty,
     decode_answer_text,
-    filter_top_k,
     generate_with_latents,
-    sample_from_scores,
 )
 from dift.core.inputs import encode_batch
 from dift.core.replay import replay_logprobs, replay_results
@@ -298,53 +295,10 @@ def test_repetition_penalty_is_applied_when_asked(loaded, prompts):
     assert len(set(result.token_ids)) == 8 and not prompt_ids & set(result.token_ids)
 
 
-def test_sampling_pieces():
-    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]]))
-    # Nucleus 0.75: row 0 keeps {0, 1} (mass 0.8), row 1 keeps {3, 2} (0.7) + 1 (0.9).
-    for u in torch.linspace(0, 0.999, 50):
-        token = sample_from_scores(scores, torch.tensor([u, u]), top_p=0.75)
-        assert token[0] in (0, 1) and token[1] in (1, 2, 3)
-    torch.testing.assert_close(sample_from_scores(scores, torch.tensor([0.0, 0.0]), 1.0), torch.tensor([0, 0]))
-    torch.testing.assert_close(sample_from_scores(scores, torch.tensor([0.999, 0.999]), 1.0), torch.tensor([3, 3]))
-    torch.testing.assert_close(sample_from_scores(scores, torch.tensor([0.0, 0.0]), 0.75), torch.tensor([0, 3]))
-    assert torch.isinf(filter_top_k(scores, 2)).sum(dim=-1).tolist() == [2, 2]
+def test_sampling_config_checks_temperature():
+    # (The sampling rules themselves: tests/test_sampling.py.)
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=0.0)
-
-
-def reference_nucleus_draw(probs: list[float], u: float, top_p: float) -> int:
-    """The nucleus rule written longhand: sort, keep while the mass before is < top_p, invert the CDF."""
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])
-    kept, mass = [], 0.0
-    for i in order:
-        if mass >= top_p:
-            break
-        kept.append(i)
-        mass += probs[i]
-    target, acc = u * sum(probs[i] for i in kept), 0.0
-    for i in kept:
-        acc += probs[i]
-        if acc > target:
-            return i
-    return kept[-1]
-
-
-def test_nucleus_candidates_and_full_sort_agree():
-    """Rows whose nucleus lies in the top candidates skip the full sort: same draws either way, and
-    a row's draw does not depend on the other rows of its batch."""
-    gen = torch.Generator().manual_seed(0)
-    vocab = 3000  # > NUCLEUS_CANDIDATES
-    peaked = torch.randn(vocab, generator=gen, dtype=torch.float64) * 4  # nucleus of a few dozen tokens
-    flat = torch.randn(vocab, generator=gen, dtype=torch.float64) * 0.1  # nucleus of ~2,700 tokens
-    scores = torch.stack([peaked, flat]).float()
-    probs = torch.softmax(scores.double(), dim=-1)
-    top_mass = probs.topk(NUCLEUS_CANDIDATES, dim=-1).values.sum(dim=-1)
-    assert top_mass[0] >= 0.9 > top_mass[1]  # row 0 takes the candidate path, row 1 the full sort
-    for u in torch.rand(40, generator=gen).tolist():
-        both = sample_from_scores(scores, torch.tensor([u, u]), top_p=0.9).tolist()
-        alone = [sample_from_scores(scores[i:i + 1], torch.tensor([u]), top_p=0.9).item() for i in range(2)]
-        assert both == alone
-        assert both == [reference_nucleus_draw(probs[i].tolist(), u, 0.9) for i in range(2)]
 
 
 def test_decode_answer_text(loaded):

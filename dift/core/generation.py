@@ -14,6 +14,7 @@ state lives in tensors; the only per-row Python work is drawing from each row's 
 `torch.Generator` (drawn once, before the loop), so a row's output depends on its prompt and seed
 alone, never on its batch.
 
+The sampling rules (penalty, top-k, the top-p draw) live in `dift.core.sampling` (re-exported here).
 Every sampling field is explicit (`SamplingConfig`): the checkpoint's generation_config.json
 (temperature 0.1, top-k 1, repetition penalty 1.05 in Qwen2.5-VL's) is never consulted.
 """
@@ -34,11 +35,16 @@ from .inputs import encode_batch
 from .kv_cache import growing_cache
 from .model import mm_token_type_ids_from_ids
 from .positions import model_position_ids
+from .sampling import (
+    NUCLEUS_CANDIDATES,  # noqa: F401  (re-exported)
+    apply_repetition_penalty,
+    filter_top_k,
+    sample_from_scores,
+)
 from .tokens import IM_END, IM_START, LatentTokenIds
 
 log = logging.getLogger(__name__)
 
-NUCLEUS_CANDIDATES = 1024  # top-p sampling looks for the nucleus among this many most likely tokens first
 # Vision inputs of a processor batch that the prefill forward takes.
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -78,58 +84,6 @@ def prompt_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     return model_position_ids(model.config, input_ids, mm_types, on_device("image_grid_thw"),
                               on_device("video_grid_thw"), on_device("second_per_grid_ts"),
                               on_device("attention_mask"))
-
-
-def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty as transformers applies it: seen tokens' positive logits divided, negative multiplied."""
-    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalized, scores)
-
-
-def filter_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
-    if top_k <= 0 or top_k >= scores.shape[-1]:
-        return scores
-    kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-    return scores.masked_fill(scores < kth, float("-inf"))
-
-
-def _draw_from_sorted(sorted_probs: torch.Tensor, order: torch.Tensor, uniforms: torch.Tensor,
-                      top_p: float) -> torch.Tensor:
-    """Inverse-CDF draw from probabilities sorted descending (`order`: their token ids), nucleus only."""
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    kept = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-    cdf = kept.cumsum(dim=-1)
-    target = uniforms.to(cdf) * cdf[:, -1]
-    index = torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
-    return order.gather(-1, index)[:, 0]
-
-
-def sample_from_scores(scores: torch.Tensor, uniforms: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
-    """One token per row from softmax(scores) restricted to the top-p nucleus, by inverse CDF.
-
-    `uniforms` (B,) in [0, 1) are drawn from each row's own generator, so this batched draw picks
-    exactly the token a one-row call would. The nucleus is the smallest set of most likely tokens
-    whose mass reaches top_p (the most likely token always stays).
-    """
-    probs = torch.softmax(scores.float(), dim=-1)
-    if top_p >= 1.0:
-        cdf = probs.cumsum(dim=-1)
-        target = uniforms.to(cdf) * cdf[:, -1]
-        return torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
-    # A trained model's nucleus is usually small: the top candidates (a partial selection, far cheaper
-    # than sorting the vocabulary every step) hold it whenever their mass reaches top_p. Rows where
-    # they do not are sorted in full. Each row's path depends on its own probabilities only.
-    top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
-    covered = top.sum(dim=-1) >= top_p
-    if bool(covered.all()):
-        return _draw_from_sorted(top, order, uniforms, top_p)
-    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    if bool(covered.any()):
-        tokens[covered] = _draw_from_sorted(top[covered], order[covered], uniforms[covered], top_p)
-    rest = ~covered
-    full, full_order = torch.sort(probs[rest], dim=-1, descending=True)
-    tokens[rest] = _draw_from_sorted(full, full_order, uniforms[rest], top_p)
-    return tokens
 
 
 def matched_norm_noise(hidden: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -217,3 +217,20 @@ def test_compiled_step_equals_eager_and_never_recompiles(loaded, prompts):
     again = compiled.generate(encode(loaded, prompts, [4, 2, 0, 3]), GREEDY, seeds=[1, 2, 3, 4])
     assert compiled.compiles == after_warm_up
     assert [len(r.token_ids) for r in again] == [16] * 4
+
+
+@pytest.mark.parametrize("module, required", [
+    ("evaluation.dsr_eval", ["--model_path", "m", "--benchmark_path", "b", "--video_root", "v"]),
+    ("dift.inference", ["--question", "q", "--video", "x.mp4"])])
+def test_engine_and_compile_flags(module, required):
+    """--engine is on by default (--no_engine: the reference loop); --compile defaults to None (auto:
+    CUDA only), --compile / --no_compile force it."""
+    import importlib
+
+    from dift.core.cli import parse_cli_args
+
+    make_parser = importlib.import_module(module).make_parser
+    for extra, engine_on, compiled in [([], True, None), (["--no_engine"], False, None), (["--compile"], True, True),
+                                       (["--no_compile"], True, False), (["--compile", "false"], True, False)]:
+        (args,) = parse_cli_args(make_parser(), required + extra)
+        assert (args.engine, args.compile) == (engine_on, compiled), extra

@@ -30,6 +30,7 @@ from transformers import GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dift.core.checkpoint import load_latent_model  # noqa: E402
 from dift.core.conversation import question_with_options, render_generation_prompt  # noqa: E402
+from dift.core.engine import Engine  # noqa: E402
 from dift.core.generation import SamplingConfig, generate_with_latents  # noqa: E402
 from dift.core.inputs import encode_batch  # noqa: E402
 from scripts.build_tiny_model import write_checkpoint  # noqa: E402
@@ -85,6 +86,130 @@ def time_upstream_generate(loaded, batches: list, sampling: SamplingConfig) -> t
     return time.perf_counter() - start, n_tokens
 
 
+# ---------------------------------------------------------------------------------------------
+# The engine (dift.core.engine): against the reference loop, compiled against eager, continuous
+# against static batching. Each prints its ratio line; warm-ups (and compiles) are not timed.
+
+
+def _best_of(repeats: int, run) -> tuple[float, object]:
+    """Best wall time of `repeats` calls of run() (the machine is shared), and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench_engine(loaded, inputs, sampling: SamplingConfig, repeats: int, compile_step: bool = False) -> None:
+    """The engine against the reference loop on the same batch (slots = batch size), the same tokens."""
+    rows = inputs["input_ids"].shape[0]
+    seeds = list(range(rows))
+    engine = Engine(loaded.model, loaded.token_ids, loaded.latent.latent_size, rows, compile=compile_step)
+    engine.reserve(inputs["input_ids"].shape[1] + sampling.max_new_tokens)
+    engine.warm_up()
+    engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False)  # warm-up
+    reference = lambda: generate_with_latents(loaded.model, inputs, loaded.token_ids,  # noqa: E731
+                                              loaded.latent.latent_size, sampling, seeds=seeds, return_logprobs=False)
+    ref_s, ref_out = _best_of(repeats, reference)
+    eng_s, eng_out = _best_of(repeats, lambda: engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False))
+    assert [r.token_ids for r in ref_out] == [r.token_ids for r in eng_out], "engine and reference tokens differ"
+    n = sum(len(r.token_ids) for r in eng_out)
+    print(f"batch {rows}, {sampling.max_new_tokens} new tokens: reference loop {n / ref_s:8.1f} tokens/s, "
+          f"engine{' (compiled)' if compile_step else ''} {n / eng_s:8.1f} tokens/s")
+    print(f"engine_speedup={ref_s / eng_s:.2f}")
+
+
+def bench_compile(loaded, inputs, sampling: SamplingConfig, repeats: int) -> None:
+    """The engine's compiled decode step against its eager one (same slots, same batch, same tokens)."""
+    rows = inputs["input_ids"].shape[0]
+    seeds, times, outputs = list(range(rows)), {}, {}
+    for compiled in (False, True):
+        engine = Engine(loaded.model, loaded.token_ids, loaded.latent.latent_size, rows, compile=compiled)
+        engine.reserve(inputs["input_ids"].shape[1] + sampling.max_new_tokens)
+        started = time.perf_counter()
+        engine.warm_up()
+        engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False)
+        warm_up = time.perf_counter() - started
+        times[compiled], outputs[compiled] = _best_of(
+            repeats, lambda e=engine: e.generate(inputs, sampling, seeds=seeds, return_logprobs=False))
+        if compiled:
+            print(f"compile + warm-up (not counted): {warm_up:.1f} s; compiles after it: {engine.compiles}")
+    assert [r.token_ids for r in outputs[False]] == [r.token_ids for r in outputs[True]], "compiled tokens differ"
+    n = sum(len(r.token_ids) for r in outputs[True])
+    print(f"batch {rows}: engine eager {n / times[False]:8.1f} tokens/s, compiled {n / times[True]:8.1f} tokens/s")
+    print(f"compile_speedup={times[False] / times[True]:.2f}")
+
+
+def long_tailed_lengths(n: int, max_new: int, seed: int = 0) -> torch.Tensor:
+    """Answer lengths of an evaluation: most short, a few long (Pareto, shape 1.1, from 8), capped."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=gen)
+    return (8 * u.pow(-1 / 1.1)).long().clamp(max=max_new)
+
+
+def stop_at(lengths: torch.Tensor, im_end: int):
+    """A logits processor that makes row r emit <|im_end|> as its token number lengths[r] (for the
+    reference loop's (step, rows) and the engine's (per-slot steps, rows; -1 for an empty slot))."""
+    def processor(step, rows, scores):
+        target = lengths.to(scores.device)[rows.clamp(min=0)]
+        due = (target - 1 <= step) & (rows >= 0)
+        return torch.where(due[:, None] & (torch.arange(scores.shape[-1], device=scores.device) == im_end),
+                           scores + 1e4, scores)
+    return processor
+
+
+def bench_continuous(loaded, texts, visuals, slots: int, max_new: int, repeats: int) -> None:
+    """An evaluation-like workload: len(texts) questions, long-tailed answer lengths, `slots` rows at a
+    time. Static batching (the engine on one batch after another, each waiting for its longest answer)
+    against continuous batching (a finished answer's slot takes the next question at once)."""
+    n, im_end = len(texts), loaded.token_ids.im_end
+    lengths = long_tailed_lengths(n, max_new)
+    sampling = SamplingConfig(max_new_tokens=max_new, do_sample=False)
+    latent_size = loaded.latent.latent_size
+    engine = Engine(loaded.model, loaded.token_ids, latent_size, slots)
+    chunks = [encode_batch(loaded.processor, texts[i:i + slots], visuals[i:i + slots], padding_side="left")
+              for i in range(0, n, slots)]
+    engine.reserve(max(c["input_ids"].shape[1] for c in chunks) + max_new)
+    engine.warm_up()
+
+    def static():
+        return [r for i, c in enumerate(chunks) for r in engine.generate(
+            c, sampling, seeds=list(range(c["input_ids"].shape[0])), return_logprobs=False,
+            logits_processor=stop_at(lengths[i * slots:(i + 1) * slots], im_end))]
+
+    def continuous():
+        taken = iter(chunks)
+
+        def take(_):  # the prompts are encoded before the clock starts, a batch of `slots` at a time
+            chunk = next(taken, None)
+            return None if chunk is None else (chunk, list(range(chunk["input_ids"].shape[0])))
+
+        return [r for _, r in sorted(engine.run(take, sampling, return_logprobs=False,
+                                                logits_processor=stop_at(lengths, im_end)), key=lambda x: x[0])]
+
+    def reference():
+        return [r for i, c in enumerate(chunks) for r in generate_with_latents(
+            loaded.model, c, loaded.token_ids, latent_size, sampling, seeds=list(range(c["input_ids"].shape[0])),
+            return_logprobs=False, logits_processor=stop_at(lengths[i * slots:(i + 1) * slots], im_end))]
+
+    continuous()  # warm-up
+    static_s, static_out = _best_of(repeats, static)
+    cont_s, cont_out = _best_of(repeats, continuous)
+    ref_s, ref_out = _best_of(repeats, reference)
+    assert [len(r.token_ids) for r in cont_out] == lengths.tolist(), "the stop processor did not hold"
+    assert [r.token_ids for r in static_out] == [r.token_ids for r in cont_out] == [r.token_ids for r in ref_out]
+    total = int(lengths.sum())
+    print(f"{n} questions, {slots} slots, answer lengths 8-{max_new} (mean {lengths.float().mean():.1f}, "
+          f"max {int(lengths.max())}): static {total / static_s:8.1f} tokens/s ({static_s:.2f} s), continuous "
+          f"{total / cont_s:8.1f} tokens/s ({cont_s:.2f} s), reference loop batch by batch {total / ref_s:8.1f} "
+          f"tokens/s ({ref_s:.2f} s)")
+    print(f"continuous_speedup={static_s / cont_s:.2f}")
+    print(f"continuous_vs_reference_loop={ref_s / cont_s:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -99,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--engine_batch", type=int, default=16, help="batch of the engine and compile sections")
+    parser.add_argument("--eval_questions", type=int, default=48, help="questions of the continuous-batching section")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=128, help="longest answer there")
+    parser.add_argument("--sections", default="batching,engine,compile,continuous",
+                        help="comma-separated sections to run")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
     batch_sizes = sorted({1, *(int(b) for b in args.batch_sizes.split(","))})
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
         torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -114,6 +245,19 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_latent_model(path, dtype=dtype, device=args.device)
         texts, visuals = make_prompts(loaded, args.prompts)
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
+        if sections & {"engine", "compile"}:
+            batch = encode_batch(loaded.processor, texts[:args.engine_batch], visuals[:args.engine_batch],
+                                 padding_side="left")
+            if "engine" in sections:
+                bench_engine(loaded, batch, sampling, args.repeats)
+            if "compile" in sections:
+                bench_compile(loaded, batch, sampling, args.repeats)
+        if "continuous" in sections:
+            eval_texts, eval_visuals = make_prompts(loaded, args.eval_questions)
+            bench_continuous(loaded, eval_texts, eval_visuals, args.engine_batch // 2, args.eval_max_new_tokens,
+                             args.repeats)
+        if "batching" not in sections:
+            return
         settings = {}
         for bs in batch_sizes:
             if bs > args.prompts:

@@ -91,16 +91,18 @@ def time_upstream_generate(loaded, batches: list, sampling: SamplingConfig) -> t
 # against static batching. Each prints its ratio line; warm-ups (and compiles) are not timed.
 
 
-def _best_of(repeats: int, run) -> tuple[float, object]:
-    """Best wall time of `repeats` calls of run() (the machine is shared), and the last result."""
-    best, result = float("inf"), None
+def _best_of(repeats: int, runs: dict) -> tuple[dict, dict]:
+    """Best wall time of each of `runs` (name -> function) over `repeats` rounds, interleaved so that a
+    burst of load on the shared machine hits every setting; and each one's last result."""
+    best, results = {name: float("inf") for name in runs}, {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, results
 
 
 def bench_engine(loaded, inputs, sampling: SamplingConfig, repeats: int, compile_step: bool = False) -> None:
@@ -111,10 +113,11 @@ def bench_engine(loaded, inputs, sampling: SamplingConfig, repeats: int, compile
     engine.reserve(inputs["input_ids"].shape[1] + sampling.max_new_tokens)
     engine.warm_up()
     engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False)  # warm-up
-    reference = lambda: generate_with_latents(loaded.model, inputs, loaded.token_ids,  # noqa: E731
-                                              loaded.latent.latent_size, sampling, seeds=seeds, return_logprobs=False)
-    ref_s, ref_out = _best_of(repeats, reference)
-    eng_s, eng_out = _best_of(repeats, lambda: engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False))
+    times, out = _best_of(repeats, {
+        "reference": lambda: generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size,
+                                                   sampling, seeds=seeds, return_logprobs=False),
+        "engine": lambda: engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False)})
+    (ref_s, ref_out), (eng_s, eng_out) = (times["reference"], out["reference"]), (times["engine"], out["engine"])
     assert [r.token_ids for r in ref_out] == [r.token_ids for r in eng_out], "engine and reference tokens differ"
     n = sum(len(r.token_ids) for r in eng_out)
     print(f"batch {rows}, {sampling.max_new_tokens} new tokens: reference loop {n / ref_s:8.1f} tokens/s, "
@@ -125,18 +128,18 @@ def bench_engine(loaded, inputs, sampling: SamplingConfig, repeats: int, compile
 def bench_compile(loaded, inputs, sampling: SamplingConfig, repeats: int) -> None:
     """The engine's compiled decode step against its eager one (same slots, same batch, same tokens)."""
     rows = inputs["input_ids"].shape[0]
-    seeds, times, outputs = list(range(rows)), {}, {}
+    seeds, runs = list(range(rows)), {}
     for compiled in (False, True):
         engine = Engine(loaded.model, loaded.token_ids, loaded.latent.latent_size, rows, compile=compiled)
         engine.reserve(inputs["input_ids"].shape[1] + sampling.max_new_tokens)
         started = time.perf_counter()
         engine.warm_up()
         engine.generate(inputs, sampling, seeds=seeds, return_logprobs=False)
-        warm_up = time.perf_counter() - started
-        times[compiled], outputs[compiled] = _best_of(
-            repeats, lambda e=engine: e.generate(inputs, sampling, seeds=seeds, return_logprobs=False))
         if compiled:
-            print(f"compile + warm-up (not counted): {warm_up:.1f} s; compiles after it: {engine.compiles}")
+            print(f"compile + warm-up (not counted): {time.perf_counter() - started:.1f} s")
+        runs[compiled] = lambda e=engine: e.generate(inputs, sampling, seeds=seeds, return_logprobs=False)
+    times, outputs = _best_of(repeats, runs)
+    print(f"compiles after the warm-up: {engine.compiles - 1}")
     assert [r.token_ids for r in outputs[False]] == [r.token_ids for r in outputs[True]], "compiled tokens differ"
     n = sum(len(r.token_ids) for r in outputs[True])
     print(f"batch {rows}: engine eager {n / times[False]:8.1f} tokens/s, compiled {n / times[True]:8.1f} tokens/s")
@@ -196,9 +199,9 @@ def bench_continuous(loaded, texts, visuals, slots: int, max_new: int, repeats: 
             return_logprobs=False, logits_processor=stop_at(lengths[i * slots:(i + 1) * slots], im_end))]
 
     continuous()  # warm-up
-    static_s, static_out = _best_of(repeats, static)
-    cont_s, cont_out = _best_of(repeats, continuous)
-    ref_s, ref_out = _best_of(repeats, reference)
+    times, out = _best_of(repeats, {"static": static, "continuous": continuous, "reference": reference})
+    (static_s, cont_s, ref_s), (static_out, cont_out, ref_out) = (
+        [times[k] for k in ("static", "continuous", "reference")], [out[k] for k in ("static", "continuous", "reference")])
     assert [len(r.token_ids) for r in cont_out] == lengths.tolist(), "the stop processor did not hold"
     assert [r.token_ids for r in static_out] == [r.token_ids for r in cont_out] == [r.token_ids for r in ref_out]
     total = int(lengths.sum())

@@ -300,7 +300,7 @@ class _Run:
         self.processor = logits_processor
         device, slots, max_new = engine.device, engine.slots, sampling.max_new_tokens
         t = engine.token_ids
-        self.stop = torch.tensor(list(stop_ids) if stop_ids is not None else [t.im_end], device=device)
+        self.stop = torch.tensor(list(stop_ids) if stop_ids is not None else [t.im_end], dtype=torch.long, device=device)
         vocab = engine.model.config.get_text_config().vocab_size
         long = dict(dtype=torch.long, device=device)
         self.slot_index = torch.arange(slots, device=device)

@@ -189,7 +189,7 @@ def answer_batch(loaded, batch: list[tuple[BenchmarkItem, list]], args: EvalArgu
     questions = [Question(visual=frames, question=item.question_text, seed=args.seed + item.index)
                  for item, frames in batch]
     try:
-        results = dict(answer_questions(loaded, questions, sampling, batch_size=min(len(questions), args.batch_size),
+        results = dict(answer_questions(loaded, questions, sampling, batch_size=args.batch_size,
                                         latent_ablation=args.latent_ablation, progress=False, engine=args.engine,
                                         compile=args.compile))
         return [make_record(item, args.video_root, results[i].text, result=results[i])

@@ -53,7 +53,7 @@ from .tokens import LatentTokenIds
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 8  # decode steps between looks at which rows finished (the only host syncs of the loop)
-CAPACITY_ROUND = 512  # slot capacity grows in these steps (each new capacity compiles the step once more)
+CAPACITY_ROUND = 512  # slot capacity is a multiple of this (each new capacity compiles the step once more)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +212,11 @@ class Engine:
         torch._dynamo.mark_static_address(self.kv_positions)
 
     def reserve(self, length: int) -> None:
-        """Make room for sequences of `length` positions (prompt + new tokens) in every slot."""
+        """Make room for sequences of `length` positions (prompt + new tokens) in every slot. The
+        capacity grows by half at least, so a run of ever longer prompts compiles a few times only."""
         if length > self.capacity:
-            self._allocate(-(-length // CAPACITY_ROUND) * CAPACITY_ROUND)
+            rounded = lambda n: -(-n // CAPACITY_ROUND) * CAPACITY_ROUND  # noqa: E731
+            self._allocate(max(rounded(length), rounded(self.capacity * 3 // 2)))
 
     # -- the decode step (the compiled part) ----------------------------------------------------
 

@@ -377,18 +377,15 @@ class _Run:
         done = [s for s, owner in enumerate(self.owner) if owner is not None and not active[s]]
         if not done:
             return []
-        index = torch.tensor(done, device=self.e.device)
-        tokens = self.tokens[index].cpu()
-        logprobs = self.logprobs[index].cpu() if self.return_logprobs else None
-        fed = self.fed[index].float().cpu()
         stop = set(self.stop.tolist())
         results = []
-        for i, slot in enumerate(done):
-            ids = tokens[i, :steps[slot]].tolist()
+        for slot in done:  # only the filled part of each buffer is copied
+            n = steps[slot]
+            ids = self.tokens[slot, :n].tolist()
             text = decode_answer_text(self.tokenizer, ids) if self.tokenizer is not None else ""
             results.append((self.owner[slot], GenerationResult(
-                token_ids=ids, latent_vectors=fed[i, :n_fed[slot]].clone(),
-                logprobs=None if logprobs is None else logprobs[i, :steps[slot]].clone(),
+                token_ids=ids, latent_vectors=self.fed[slot, :n_fed[slot]].to("cpu", torch.float32, copy=True),
+                logprobs=self.logprobs[slot, :n].to("cpu", copy=True) if self.return_logprobs else None,
                 finished=bool(ids) and ids[-1] in stop, text=text)))
             self.owner[slot] = None
             self.row[slot] = -1

@@ -13,6 +13,14 @@ shared). The baseline, timed in the same run, is the original evaluation's patte
 so if anything faster than it). Prints tokens/s for each setting with its ratio to that baseline and
 to our own loop at batch 1 (the pure batching gain). The last line is `speedup_at_16=<x>`: batch 16
 against the baseline.
+
+Engine sections (`--sections`, default all; `dift.core.engine`), warm-ups and compiles not timed, the
+same tokens checked: `engine_speedup=` the engine against the reference loop on one batch of
+`--engine_batch` rows; `compile_speedup=` its compiled decode step against its eager one;
+`continuous_speedup=` an evaluation-like workload (`--eval_questions`, answer lengths drawn from a
+long-tailed distribution, enforced by a stop processor, `--engine_batch / 2` slots): continuous
+batching against static batching (one batch after another, each waiting for its longest answer),
+with the reference loop batch by batch as a third line (`continuous_vs_reference_loop=`).
 """
 
 from __future__ import annotations

@@ -176,6 +176,9 @@ class Engine:
         text = model.config.get_text_config(decoder=True)
         if any(kind != "full_attention" for kind in (getattr(text, "layer_types", None) or ["full_attention"])):
             raise ValueError("the engine's mask covers full-attention layers only (no sliding window)")
+        attention = getattr(text, "_attn_implementation", None) or "sdpa"
+        if attention not in ("sdpa", "eager"):  # the engine's mask is a 4-D boolean over the static cache
+            raise ValueError(f"the engine needs attn_implementation 'sdpa' or 'eager', not {attention!r}")
         self.model, self.token_ids, self.latent_size, self.slots = model, token_ids, latent_size, slots
         self.check_every = check_every
         self.device = model.device

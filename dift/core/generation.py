@@ -1,5 +1,7 @@
-"""Latent-aware batched generation: the one sampling loop that inference, evaluation and RL rollouts
-share (spec model_and_dift.md section 5, "Our rule (decided)").
+"""Latent-aware batched generation: the reference sampling loop of inference, evaluation and RL rollouts
+(spec model_and_dift.md section 5, "Our rule (decided)"). The generation engine (`dift.core.engine`:
+static KV slots, a compiled step, continuous batching) gives the same outputs and is what
+`answer_questions` uses by default; this loop is the readable definition it is tested against.
 
 The model imagines by feeding its own last hidden state back as the next input. Each row of a batch
 carries its own latent state: a row that emits `<|latent_start|>` embeds it normally at the next

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.cli import build_parser, parse_cli_args, require_path, run_cli
+from .core.cli import add_negative_flag, build_parser, parse_cli_args, require_path, run_cli
 from .core.decoding import LATENT_ABLATIONS, SamplingConfig, resolve_sampling
 from .core.decoding import MODES as DECODING_MODES
 from .core.logs import setup_logging
@@ -57,6 +57,12 @@ class InferenceArguments:
     latent_ablation: str = field(default="none", metadata={
         "help": "what is fed inside latent blocks: the model's hidden states (none), zeros, or norm-matched noise",
         "choices": list(LATENT_ABLATIONS)})
+    engine: bool = field(default=True, metadata={
+        "help": "generate with the engine (static KV slots, continuous batching: a finished answer's slot takes "
+                "the next question); --no_engine: the reference loop, one batch at a time (same answers)"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "compile the engine's decode step (torch.compile; CUDA graphs on CUDA); default: on for CUDA, "
+                "off on CPU, where it gains little"})
     device: str | None = field(default=None, metadata={"help": "default: cuda if available, else cpu"})
     dtype: str = field(default="auto", metadata={"help": "auto = bfloat16 on GPU, float32 on CPU",
                                                  "choices": ["auto", "bfloat16", "float16", "float32"]})
@@ -120,13 +126,18 @@ def run(args: InferenceArguments) -> tuple[str, str]:
     log.info(describe_decoding(sampling, sources))
     question = Question(visual=frames, question=args.question, seed=args.seed)
     [(_, result)] = answer_questions(loaded, [question], sampling, batch_size=1,
-                                     latent_ablation=args.latent_ablation, progress=False)
+                                     latent_ablation=args.latent_ablation, progress=False, engine=args.engine,
+                                     compile=args.compile)
     return result.text, extract_answer(result.text)
 
 
+def make_parser():
+    return add_negative_flag(build_parser(InferenceArguments, prog=PROG, description=__doc__.split("\n\n")[0]),
+                             "compile", "do not compile the decode step")
+
+
 def main(argv: list[str] | None = None) -> None:
-    (args,) = parse_cli_args(build_parser(InferenceArguments, prog=PROG, description=__doc__.split("\n\n")[0]),
-                             argv)
+    (args,) = parse_cli_args(make_parser(), argv)
     args.check_paths()
     setup_logging(fmt="%(message)s")
     text, answer = run(args)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dift.core.cli import build_parser, parse_cli_args, require_path, run_cli
+from dift.core.cli import add_negative_flag, build_parser, parse_cli_args, require_path, run_cli
 from dift.core.decoding import LATENT_ABLATIONS, SamplingConfig, resolve_sampling
 from dift.core.decoding import MODES as DECODING_MODES
 from dift.core.logs import setup_logging
@@ -82,6 +82,12 @@ class EvalArguments:
     latent_ablation: str = field(default="none", metadata={
         "help": "what is fed inside latent blocks: the model's hidden states (none), zeros, or matched-norm noise",
         "choices": list(LATENT_ABLATIONS)})
+    engine: bool = field(default=True, metadata={
+        "help": "generate with the engine (static KV slots, continuous batching: a finished answer's slot takes "
+                "the next question); --no_engine: the reference loop, one batch at a time (same answers)"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "compile the engine's decode step (torch.compile; CUDA graphs on CUDA); default: on for CUDA, "
+                "off on CPU, where it gains little"})
     device: str | None = field(default=None, metadata={
         "help": "default cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu"})
     dtype: str = field(default="auto", metadata={
@@ -128,7 +134,8 @@ class EvalArguments:
 
 
 def make_parser():
-    return build_parser(EvalArguments, prog=PROG, description=__doc__.split("\n\n")[0])
+    return add_negative_flag(build_parser(EvalArguments, prog=PROG, description=__doc__.split("\n\n")[0]),
+                             "compile", "do not compile the decode step")
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:

@@ -48,6 +48,9 @@ from .results import (
 log = logging.getLogger("evaluation.dsr_eval")
 RUNNING_ACCURACY_EVERY = 10
 MAX_ERROR_CHARS = 2000
+# With the engine, questions are handed over in chunks of this many batches: its --batch_size slots are
+# refilled within a chunk as answers finish (continuous batching), and results are written per chunk.
+ENGINE_BATCHES_PER_CHUNK = 4
 
 
 class SkipQuestion(Exception):
@@ -186,8 +189,9 @@ def answer_batch(loaded, batch: list[tuple[BenchmarkItem, list]], args: EvalArgu
     questions = [Question(visual=frames, question=item.question_text, seed=args.seed + item.index)
                  for item, frames in batch]
     try:
-        results = dict(answer_questions(loaded, questions, sampling, batch_size=len(questions),
-                                        latent_ablation=args.latent_ablation, progress=False))
+        results = dict(answer_questions(loaded, questions, sampling, batch_size=args.batch_size,
+                                        latent_ablation=args.latent_ablation, progress=False, engine=args.engine,
+                                        compile=args.compile))
         return [make_record(item, args.video_root, results[i].text, result=results[i])
                 for i, (item, _) in enumerate(batch)]
     except Exception as err:
@@ -228,7 +232,8 @@ def evaluate_shard(loaded, items: list[BenchmarkItem], args: EvalArguments, samp
     batch: list[tuple[BenchmarkItem, list]] = []
     try:
         for done in prefetch_ordered(lambda it: prepare_frames(it, args.video_root, cache), items,
-                                     num_workers=args.num_workers, max_ahead=2 * args.batch_size):
+                                     num_workers=args.num_workers,
+                                     max_ahead=2 * args.batch_size * (ENGINE_BATCHES_PER_CHUNK if args.engine else 1)):
             if done.error is not None:
                 reason = done.error.reason if isinstance(done.error, SkipQuestion) else "prepare_failed"
                 skipped[reason] += 1
@@ -237,7 +242,7 @@ def evaluate_shard(loaded, items: list[BenchmarkItem], args: EvalArguments, samp
                 bar.set_postfix(acc=f"{hits / max(seen, 1):.3f}", skipped=sum(skipped.values()))
                 continue
             batch.append((done.item, done.value))
-            if len(batch) == args.batch_size:
+            if len(batch) == args.batch_size * (ENGINE_BATCHES_PER_CHUNK if args.engine else 1):
                 run(batch)
                 batch = []
         if batch:

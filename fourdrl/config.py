@@ -46,6 +46,11 @@ class FourDRLConfig(GRPOConfig):
         "help": "put the recorded latent vectors back at the <|latent_pad|> slots in the policy, old and reference "
                 "forwards; --no_latent_replay feeds the static pad embedding there, as the original did (an "
                 "ablation: log-probs after a latent block then differ from those sampled)"})
+    rollout_engine: bool = field(default=False, metadata={
+        "help": "generate rollouts with the generation engine (static KV slots, one per completion, the G of a "
+                "prompt filled from one prefill; its decode step compiled with CUDA graphs on CUDA): the same "
+                "completions as the reference loop; it keeps its KV cache (completions x (prompt + "
+                "max_completion_length) positions) allocated between rollouts"})
     max_frames: int = field(default=RL_MAX_FRAMES, metadata={"help": "frames per prompt (uniform subsample)"})
     max_frame_side: int = field(default=RL_MAX_FRAME_SIDE, metadata={
         "help": "longer side of each frame in pixels (bilinear, never upscaled)"})

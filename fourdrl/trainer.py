@@ -8,7 +8,8 @@ cannot know about a model that imagines in latent space and reads video:
   through the one prompt format (`dift.core.conversation`) and processor call (`dift.core.inputs`);
   `dift.core.generation.generate_with_latents` samples G completions per prompt with per-row latent
   state and every sampling field explicit, from one vision encode and prefill per prompt
-  (`group_size`), recording the vector fed at every `<|latent_pad|>`;
+  (`group_size`), recording the vector fed at every `<|latent_pad|>` (`--rollout_engine`: the same
+  completions from `dift.core.engine`, one slot per completion);
 - the loss mask: TRL's loss-only mask (`env_mask`) is 0 at the pads, `<|latent_end|>` and (unless
   `latent_start_in_loss`) `<|latent_start|>`: policy gradient on text tokens; attention keeps them;
 - log-probs (policy, old, reference): the replay forward (`dift.core.replay`) with each row's video and
@@ -36,6 +37,7 @@ from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 
 from dift.core.conversation import render_generation_prompt
+from dift.core.engine import engine_for
 from dift.core.generation import SamplingConfig, decode_answer_text, generate_with_latents
 from dift.core.inputs import encode_batch
 from dift.core.latent_config import read_latent_config
@@ -118,7 +120,8 @@ class LatentGRPOTrainer(GRPOTrainer):
     """GRPO whose rollouts imagine and whose forwards replay what was imagined (module docstring).
 
     `rollout_logits_processor(step, rows, scores) -> scores` is handed to `generate_with_latents`
-    (tests use it to force latent blocks); None in training.
+    (tests use it to force latent blocks); None in training. With `--rollout_engine` it goes to the
+    engine, which passes `step` per slot (a tensor; `dift.core.engine.Engine.run`).
     """
 
     def __init__(self, model, reward_funcs, args, train_dataset, processing_class, peft_config=None,
@@ -174,9 +177,15 @@ class LatentGRPOTrainer(GRPOTrainer):
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
                                          ) as unwrapped:
-            results = generate_with_latents(latent_core(unwrapped), inputs, self.latent_token_ids, self.latent_size,
-                                            self.sampling, seeds=seeds, group_size=group,
-                                            logits_processor=self.rollout_logits_processor)
+            core = latent_core(unwrapped)
+            if self.args.rollout_engine:  # one slot per completion; compiled (CUDA graphs) on CUDA
+                engine = engine_for(core, self.latent_token_ids, self.latent_size, slots=len(prompts))
+                results = engine.generate(inputs, self.sampling, seeds=seeds, group_size=group,
+                                          logits_processor=self.rollout_logits_processor)
+            else:
+                results = generate_with_latents(core, inputs, self.latent_token_ids, self.latent_size, self.sampling,
+                                                seeds=seeds, group_size=group,
+                                                logits_processor=self.rollout_logits_processor)
 
         device = self.accelerator.device
         videos = [{k: v.to(device) for k, v in video.items()} for video in split_videos(inputs)]

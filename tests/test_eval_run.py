@@ -96,6 +96,15 @@ def test_batch_size_does_not_change_results(setup, reference):
     assert without_run_fields(summary) == without_run_fields(reference["summary"])
 
 
+def test_reference_loop_gives_the_engines_results(setup, reference):
+    """--no_engine (the reference loop, batch by batch) writes what the engine (the default: continuous
+    batching over chunks of batches) wrote."""
+    output = setup["root"] / "no_engine.jsonl"
+    summary = dsr_eval.main(eval_argv(setup, output, "--batch_size", "3", "--no_engine"))
+    assert output.read_text() == reference["text"]
+    assert without_run_fields(summary) == without_run_fields(reference["summary"])
+
+
 def test_rerun_is_a_noop_and_other_settings_are_refused(setup, reference, tmp_path):
     output = tmp_path / "again.jsonl"
     output.write_text(reference["text"])

@@ -81,6 +81,17 @@ def build_parser(dataclass_types, prog: str, description: str = "", epilog: str 
                      formatter_class=HelpFormatter)
 
 
+def add_negative_flag(parser, name: str, help: str | None = None):
+    """For a `bool | None` field NAME whose None means "decide for me": `--NAME` alone sets True (HF's
+    parser wants a value there) and `--no_NAME` sets False (HF's parser adds it only for default True)."""
+    for action in parser._actions:
+        if f"--{name}" in action.option_strings:
+            action.nargs, action.const = "?", True
+    parser.add_argument(f"--no_{name}", action="store_false", dest=name, default=None,
+                        help=help or f"the opposite of --{name}")
+    return parser
+
+
 def _alias_map(parser) -> dict[str, str]:
     """Every option name (without dashes) -> its destination, so a YAML config may use any alias."""
     names = {}

@@ -1,5 +1,7 @@
-"""Latent-aware batched generation: the one sampling loop that inference, evaluation and RL rollouts
-share (spec model_and_dift.md section 5, "Our rule (decided)").
+"""Latent-aware batched generation: the reference sampling loop of inference, evaluation and RL rollouts
+(spec model_and_dift.md section 5, "Our rule (decided)"). The generation engine (`dift.core.engine`:
+static KV slots, a compiled step, continuous batching) gives the same outputs and is what
+`answer_questions` uses by default; this loop is the readable definition it is tested against.
 
 The model imagines by feeding its own last hidden state back as the next input. Each row of a batch
 carries its own latent state: a row that emits `<|latent_start|>` embeds it normally at the next
@@ -86,12 +88,23 @@ def prompt_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
                               on_device("attention_mask"))
 
 
-def matched_norm_noise(hidden: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Gaussian noise rescaled to the norm of each row of `hidden`, drawn from each row's generator."""
-    noise = torch.stack([torch.randn(hidden.shape[-1], generator=g, device=hidden.device, dtype=torch.float32)
-                         for g in generators])
+def matched_norm_noise(hidden: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Gaussian `noise` (one float32 draw per row) rescaled to the norm of each row of `hidden`."""
     scale = hidden.float().norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
     return (noise * scale).to(hidden.dtype)
+
+
+def draw_row_randomness(generator: torch.Generator | None, sampling: SamplingConfig, latent_ablation: str,
+                        hidden_size: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A row's draws for its whole generation, up front and in this order from its own generator:
+    (max_new_tokens,) sampling uniforms (when sampling), then (max_new_tokens, hidden) Gaussian noise
+    (latent_ablation "noise": step s of a block feeds the draw of step s). The reference loop and the
+    engine (`dift.core.engine`) both call this, so a row's samples depend on its seed alone."""
+    max_new = sampling.max_new_tokens
+    uniforms = torch.rand(max_new, generator=generator, device=device) if sampling.do_sample else None
+    noise = (torch.randn((max_new, hidden_size), generator=generator, device=device, dtype=torch.float32)
+             if latent_ablation == "noise" else None)
+    return uniforms, noise
 
 
 def decode_answer_text(tokenizer, token_ids: Sequence[int]) -> str:
@@ -125,8 +138,8 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
 
     seeds: one per row; each row samples from its own generator (default: drawn from torch's global
     RNG). latent_ablation: "none" | "zero" (zeros fed in latent blocks) | "noise" (Gaussian noise
-    with the norm of the hidden state it replaces, from the row's generator). tokenizer: fills
-    `GenerationResult.text`. return_logprobs: False skips the per-step log-softmax over the vocabulary
+    with the norm of the hidden state it replaces, from the row's generator, drawn up front for every
+    step: `draw_row_randomness`). tokenizer: fills `GenerationResult.text`. return_logprobs: False skips the per-step log-softmax over the vocabulary
     (evaluation and inference never read the log-probs; RL does). stop_ids: tokens that end a row
     (default `<|im_end|>` only; never inside a latent block, whose tokens are forced).
     logits_processor(step, rows, scores) -> scores: changes what the sampler sees (rows = the batch
@@ -193,8 +206,9 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
         seen[b, input_ids[b, t]] = True
     # Each row's draws for the whole generation come from its own generator up front: no per-row
     # work in the loop, and a row's samples depend on its seed alone.
-    uniforms = (torch.stack([torch.rand(max_new, generator=g, device=device) for g in generators])
-                if sampling.do_sample else None)
+    draws = [draw_row_randomness(g, sampling, latent_ablation, hidden_size, device) for g in generators]
+    uniforms = torch.stack([u for u, _ in draws]) if sampling.do_sample else None
+    noise = torch.stack([n for _, n in draws]) if latent_ablation == "noise" else None
     embed = model.get_input_embeddings()
 
     for step in tqdm(range(max_new), desc="generating", unit="tok", disable=not progress, leave=False):
@@ -235,9 +249,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
             if latent_ablation == "zero":
                 fed = torch.zeros_like(hidden)
             elif latent_ablation == "noise":
-                fed = hidden.clone()
-                idx = in_pads.nonzero()[:, 0]
-                fed[idx] = matched_norm_noise(hidden[idx], [generators[r] for r in rows[idx].tolist()])
+                fed = matched_norm_noise(hidden, noise[rows, step])
             fed_rows.append(rows[in_pads])
             fed_vectors.append(fed[in_pads])
 
@@ -310,23 +322,50 @@ class Question:
 
 
 def answer_questions(loaded, questions: Sequence[Question], sampling: SamplingConfig, batch_size: int = 8,
-                     latent_ablation: str = "none", progress: bool = True) -> Iterator[tuple[int, GenerationResult]]:
-    """Answer `questions` with a loaded DIFT model (`dift.core.checkpoint.LoadedModel`) in batches of
-    `batch_size`; yields (question index, result) in input order as each batch finishes. Log-probs
-    are not computed (`result.logprobs` is None): nothing downstream of a question reads them. A row
-    stops at `<|im_end|>` or `<|endoftext|>`, the end tokens of Qwen2.5-VL's generation config that
-    the original's evaluation and inference stopped at."""
+                     latent_ablation: str = "none", progress: bool = True, engine: bool = True,
+                     compile: bool | None = None) -> Iterator[tuple[int, GenerationResult]]:
+    """Answer `questions` with a loaded DIFT model (`dift.core.checkpoint.LoadedModel`); yields
+    (question index, result) in input order. engine=True (default): the generation engine
+    (`dift.core.engine`) with `batch_size` slots and continuous batching, its decode step compiled
+    when `compile` (None: on CUDA only); False: the reference loop, `batch_size` questions at a time.
+    Either way an answer depends only on its question and seed. Log-probs are not computed
+    (`result.logprobs` is None): nothing downstream of a question reads them. A row stops at
+    `<|im_end|>` or `<|endoftext|>`, the end tokens of Qwen2.5-VL's generation config that the
+    original's evaluation and inference stopped at."""
     processor = loaded.processor
+    stop_ids = (loaded.token_ids.im_end, loaded.token_ids.text_pad)
+
+    def encode(chunk: Sequence[Question]):
+        texts = [render_generation_prompt(processor, q.visual, q.question) for q in chunk]
+        return encode_batch(processor, texts, [q.visual for q in chunk], padding_side="left")
+
     bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not progress)
     try:
+        if engine:
+            from .engine import engine_for  # here: the engine module builds on this one
+            runner = engine_for(loaded.model, loaded.token_ids, loaded.latent.latent_size, batch_size, compile=compile)
+            taken = 0
+
+            def take(n: int):  # the next n questions, encoded when slots free up for them
+                nonlocal taken
+                chunk = questions[taken:taken + n]
+                taken += len(chunk)
+                return (encode(chunk), [q.seed for q in chunk]) if chunk else None
+
+            ready, next_index = {}, 0
+            for index, result in runner.run(take, sampling, latent_ablation=latent_ablation,
+                                            tokenizer=processor.tokenizer, return_logprobs=False, stop_ids=stop_ids):
+                ready[index] = result
+                while next_index in ready:  # rows finish out of order; hand them back in input order
+                    yield next_index, ready.pop(next_index)
+                    next_index += 1
+                    bar.update(1)
+            return
         for start in range(0, len(questions), batch_size):
             chunk = questions[start:start + batch_size]
-            texts = [render_generation_prompt(processor, q.visual, q.question) for q in chunk]
-            inputs = encode_batch(processor, texts, [q.visual for q in chunk], padding_side="left")
-            results = generate_with_latents(loaded.model, inputs, loaded.token_ids, loaded.latent.latent_size,
+            results = generate_with_latents(loaded.model, encode(chunk), loaded.token_ids, loaded.latent.latent_size,
                                             sampling, seeds=[q.seed for q in chunk], latent_ablation=latent_ablation,
-                                            tokenizer=processor.tokenizer, return_logprobs=False,
-                                            stop_ids=(loaded.token_ids.im_end, loaded.token_ids.text_pad))
+                                            tokenizer=processor.tokenizer, return_logprobs=False, stop_ids=stop_ids)
             for offset, result in enumerate(results):
                 yield start + offset, result
             bar.update(len(chunk))

@@ -19,7 +19,7 @@ tokens (a partial selection finds t there); otherwise t comes from a radix selec
 (non-negative floats order as their bit patterns): a per-row histogram of mass over the high bits
 finds the bin holding t, a second over the low bits of that bin's tokens finds t exactly. Two
 passes over the vocabulary where the old sampler sorted all 151,936 entries of every row
-(`python scripts/bench_generate.py --only sampler`).
+(`python scripts/bench_generate.py --sections sampler`).
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def _sample_nucleus(scores: torch.Tensor, uniforms: torch.Tensor, top_p: float) 
     # A trained model's nucleus is usually small: when the top candidates (a partial selection, cheaper
     # than the histograms) hold all of a row's nucleus, its threshold and draw come from them. Skipped
     # when no row can be covered: candidates hold at most n_candidates x the largest probability.
-    if bool((probs.amax(dim=-1) * n_candidates >= top_p).any()):
+    # CPU only: both paths draw the same token, and on an accelerator the histograms are cheap while
+    # the two checks below would stop the host every step (the engine's decode runs ahead of it).
+    if probs.device.type == "cpu" and bool((probs.amax(dim=-1) * n_candidates >= top_p).any()):
         top, order = probs.topk(n_candidates, dim=-1)
         # The first candidate at which the running mass reaches top_p is the threshold.
         first = (top.double().cumsum(dim=-1) < top_p).sum(-1, keepdim=True).clamp_(max=n_candidates - 1)

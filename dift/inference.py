@@ -61,8 +61,8 @@ class InferenceArguments:
         "help": "generate with the engine (static KV slots, continuous batching: a finished answer's slot takes "
                 "the next question); --no_engine: the reference loop, one batch at a time (same answers)"})
     compile: bool | None = field(default=None, metadata={
-        "help": "compile the engine's decode step (torch.compile; CUDA graphs on CUDA); default: on for CUDA, "
-                "off on CPU, where it gains little"})
+        "help": "compile the engine's decode step (torch.compile; CUDA graphs on CUDA); default: off, since for "
+                "one question the one-off compile costs more than it saves"})
     device: str | None = field(default=None, metadata={"help": "default: cuda if available, else cpu"})
     dtype: str = field(default="auto", metadata={"help": "auto = bfloat16 on GPU, float32 on CPU",
                                                  "choices": ["auto", "bfloat16", "float16", "float32"]})
@@ -127,7 +127,7 @@ def run(args: InferenceArguments) -> tuple[str, str]:
     question = Question(visual=frames, question=args.question, seed=args.seed)
     [(_, result)] = answer_questions(loaded, [question], sampling, batch_size=1,
                                      latent_ablation=args.latent_ablation, progress=False, engine=args.engine,
-                                     compile=args.compile)
+                                     compile=bool(args.compile))  # auto (None) = off: one question
     return result.text, extract_answer(result.text)
 
 

@@ -173,8 +173,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(step, reference, tmp_path
         if not got["landed"]:  # a whole-file step may finish before the signal
             assert got["code"] == 0, got["stderr"][-2000:]
             continue
-        if got["code"] == -signal.SIGINT and not STEPS[step].per_clip:
-            continue  # it came as the interpreter was exiting after the work (Python's handler is gone by then)
+        if not STEPS[step].per_clip and got["code"] in (0, -signal.SIGINT):
+            # The signal came as the process was exiting after its work: its exit status was already 0
+            # (seen with SIGKILL in CI), or Python's SIGINT handler was gone.
+            continue
         landed += 1
         if sig == signal.SIGKILL:
             assert got["code"] == -signal.SIGKILL

@@ -229,11 +229,11 @@ def evaluate_shard(loaded, items: list[BenchmarkItem], args: EvalArguments, samp
         bar.update(len(records))
         bar.set_postfix(acc=f"{hits / seen:.3f}", skipped=sum(skipped.values()))
 
+    chunk = args.batch_size * (ENGINE_BATCHES_PER_CHUNK if args.engine else 1)  # questions per answer_batch
     batch: list[tuple[BenchmarkItem, list]] = []
     try:
         for done in prefetch_ordered(lambda it: prepare_frames(it, args.video_root, cache), items,
-                                     num_workers=args.num_workers,
-                                     max_ahead=2 * args.batch_size * (ENGINE_BATCHES_PER_CHUNK if args.engine else 1)):
+                                     num_workers=args.num_workers, max_ahead=2 * chunk):
             if done.error is not None:
                 reason = done.error.reason if isinstance(done.error, SkipQuestion) else "prepare_failed"
                 skipped[reason] += 1
@@ -242,7 +242,7 @@ def evaluate_shard(loaded, items: list[BenchmarkItem], args: EvalArguments, samp
                 bar.set_postfix(acc=f"{hits / max(seen, 1):.3f}", skipped=sum(skipped.values()))
                 continue
             batch.append((done.item, done.value))
-            if len(batch) == args.batch_size * (ENGINE_BATCHES_PER_CHUNK if args.engine else 1):
+            if len(batch) == chunk:
                 run(batch)
                 batch = []
         if batch:

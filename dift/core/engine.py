@@ -37,14 +37,14 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .decoding import LATENT_ABLATIONS, SamplingConfig
 from .generation import (
-    VISION_KEYS,
     GenerationResult,
     apply_repetition_penalty,
+    check_left_padded,
     decode_answer_text,
     draw_row_randomness,
     filter_top_k,
     matched_norm_noise,
-    prompt_positions,
+    prefill_batch,
     sample_from_scores,
 )
 from .kv_cache import growing_cache
@@ -132,22 +132,14 @@ class Request:
 
 
 def prefill(model, inputs, seeds: Sequence[int], first_index: int = 0, group_size: int = 1) -> list[Request]:
-    """Run a left-padded prompt batch (vision included) once, as the reference's prefill does, and cut
+    """Run a left-padded prompt batch (vision included) once, with the reference's prefill, and cut
     it into requests: G per prompt, result index first_index + u * G + j, seed seeds[u * G + j]."""
     device = model.device
     input_ids = inputs["input_ids"].to(device)
     attention_mask = inputs["attention_mask"].to(device)
-    if not bool(attention_mask[:, -1].all()):
-        raise ValueError("the engine needs a LEFT-padded batch: encode_batch(..., padding_side='left')")
-    positions, next_position = prompt_positions(model, {**inputs, "input_ids": input_ids,
-                                                        "attention_mask": attention_mask})
+    check_left_padded(attention_mask, "the engine")
     cache = growing_cache(model.config, max_length=input_ids.shape[1])
-    vision = {k: inputs[k].to(device) for k in VISION_KEYS if inputs.get(k) is not None}
-    mm_types = inputs.get("mm_token_type_ids")
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1,
-                mm_token_type_ids=None if mm_types is None else mm_types.to(device), **vision)
-    logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
+    logits, hidden, next_position = prefill_batch(model, inputs, input_ids, attention_mask, cache)
     pads = (input_ids.shape[1] - attention_mask.sum(dim=1)).tolist()
     requests = []
     for u, pad in enumerate(pads):

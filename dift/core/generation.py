@@ -119,9 +119,24 @@ def _row_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Ge
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _check_left_padded(attention_mask: torch.Tensor) -> None:
+def check_left_padded(attention_mask: torch.Tensor, who: str) -> None:
     if not bool(attention_mask[:, -1].all()):
-        raise ValueError("generate_with_latents needs a LEFT-padded batch: encode_batch(..., padding_side='left')")
+        raise ValueError(f"{who} needs a LEFT-padded batch: encode_batch(..., padding_side='left')")
+
+
+def prefill_batch(model, inputs, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole left-padded prompt batch (vision included) into `cache`, with the original's positions.
+    Returns each row's last logits (B, V), last hidden state (B, H) and next position (B,)."""
+    device = input_ids.device
+    positions, next_position = prompt_positions(model, {**inputs, "input_ids": input_ids,
+                                                        "attention_mask": attention_mask})
+    vision = {k: inputs[k].to(device) for k in VISION_KEYS if inputs.get(k) is not None}
+    mm_types = inputs.get("mm_token_type_ids")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
+                use_cache=True, logits_to_keep=1,
+                mm_token_type_ids=None if mm_types is None else mm_types.to(device), **vision)
+    return out.logits[:, -1], out.last_hidden_state[:, -1], next_position
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +173,7 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
     device = model.device
     input_ids = inputs["input_ids"].to(device)
     attention_mask = inputs["attention_mask"].to(device)
-    _check_left_padded(attention_mask)
+    check_left_padded(attention_mask, "generate_with_latents")
     batch_size = input_ids.shape[0] * group_size  # result rows
     if seeds is None:
         seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
@@ -180,15 +195,8 @@ def generate_with_latents(model, inputs, token_ids: LatentTokenIds, latent_size:
         return _collect(out_tokens, out_logprobs, out_length, fed_rows, fed_vectors, hidden_size, stop, tokenizer)
 
     # Prefill: the whole prompt batch (vision included) into the KV cache.
-    positions, next_position = prompt_positions(model, {**inputs, "input_ids": input_ids,
-                                                        "attention_mask": attention_mask})
     cache = growing_cache(model.config, max_length=input_ids.shape[1] + max_new)
-    vision = {k: inputs[k].to(device) for k in VISION_KEYS if inputs.get(k) is not None}
-    mm_types = inputs.get("mm_token_type_ids")
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1,
-                mm_token_type_ids=None if mm_types is None else mm_types.to(device), **vision)
-    logits, hidden = out.logits[:, -1], out.last_hidden_state[:, -1]
+    logits, hidden, next_position = prefill_batch(model, inputs, input_ids, attention_mask, cache)
     if group_size > 1:
         # Shared prefix: every prompt was encoded once; its G sampling rows start from copies of its state.
         logits, hidden, next_position, attention_mask, input_ids = (

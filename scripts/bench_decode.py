@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dift.core.checkpoint import load_latent_model  # noqa: E402
@@ -27,6 +26,7 @@ from dift.core.conversation import render_generation_prompt  # noqa: E402
 from dift.core.engine import Engine  # noqa: E402
 from dift.core.generation import SamplingConfig  # noqa: E402
 from dift.core.inputs import encode_batch  # noqa: E402
+from scripts.bench_generate import upstream_generation_config  # noqa: E402
 from scripts.synthetic_media import moving_square_frames  # noqa: E402
 
 LATENT_EVERY = 32
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             del engine
 
         def upstream(n, inputs=inputs):
-            config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, repetition_penalty=1.0,
-                                      eos_token_id=t.im_end, pad_token_id=t.text_pad)
+            config = upstream_generation_config(t, SamplingConfig(max_new_tokens=n, do_sample=False), [t.im_end])
             with torch.no_grad():
                 return model.generate(**inputs.to(model.device), generation_config=config)
 
